@@ -1,0 +1,1 @@
+//! Criterion benches live in `benches/benches/`; load scripts in `benches/load/`.

@@ -1,0 +1,1 @@
+//! Black-box test harness (see the suites in `tests/tests/`).
