@@ -37,8 +37,12 @@ impl TransactionStatus {
 pub enum AuthRequest<'a> {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<&'a str> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<&'a str>,
+    },
     SaslContinue(&'a [u8]),
     SaslFinal(&'a [u8]),
     /// Kerberos, GSS, SSPI: methods Sentinel does not speak.
@@ -53,7 +57,10 @@ pub struct ErrorFields<'a> {
 
 impl<'a> ErrorFields<'a> {
     pub fn get(&self, code: u8) -> Option<&'a str> {
-        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| *v)
+        self.fields
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| *v)
     }
 
     /// SQLSTATE (`C`).
@@ -90,13 +97,24 @@ impl<'a> ErrorFields<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage<'a> {
     Authentication(AuthRequest<'a>),
-    ParameterStatus { name: &'a str, value: &'a str },
-    BackendKeyData { process_id: u32, secret_key: &'a [u8] },
+    ParameterStatus {
+        name: &'a str,
+        value: &'a str,
+    },
+    BackendKeyData {
+        process_id: u32,
+        secret_key: &'a [u8],
+    },
     ReadyForQuery(TransactionStatus),
     ErrorResponse(ErrorFields<'a>),
     NoticeResponse(ErrorFields<'a>),
-    CommandComplete { tag: &'a str },
-    NegotiateProtocolVersion { newest_minor: u32, unrecognized: Vec<&'a str> },
+    CommandComplete {
+        tag: &'a str,
+    },
+    NegotiateProtocolVersion {
+        newest_minor: u32,
+        unrecognized: Vec<&'a str>,
+    },
     /// Any other message, by type byte; forwarded as bytes.
     Other(u8),
 }
@@ -120,12 +138,17 @@ impl<'a> BackendMessage<'a> {
                 if !(4..=crate::MAX_CANCEL_KEY_LEN).contains(&secret_key.len()) {
                     return Err(WireError::BadCancelKey(secret_key.len()));
                 }
-                BackendMessage::BackendKeyData { process_id, secret_key }
+                BackendMessage::BackendKeyData {
+                    process_id,
+                    secret_key,
+                }
             }
             t::READY_FOR_QUERY => {
                 let mut r = Reader::new(body, "ReadyForQuery");
-                let status = TransactionStatus::from_byte(r.u8()?)
-                    .ok_or(WireError::malformed("ReadyForQuery", "unknown transaction status"))?;
+                let status = TransactionStatus::from_byte(r.u8()?).ok_or(WireError::malformed(
+                    "ReadyForQuery",
+                    "unknown transaction status",
+                ))?;
                 r.finish()?;
                 BackendMessage::ReadyForQuery(status)
             }
@@ -150,7 +173,10 @@ impl<'a> BackendMessage<'a> {
                     unrecognized.push(r.cstr()?);
                 }
                 r.finish()?;
-                BackendMessage::NegotiateProtocolVersion { newest_minor, unrecognized }
+                BackendMessage::NegotiateProtocolVersion {
+                    newest_minor,
+                    unrecognized,
+                }
             }
             other => BackendMessage::Other(other),
         };
@@ -166,7 +192,9 @@ fn parse_auth(body: &[u8]) -> Result<AuthRequest<'_>, WireError> {
         3 => AuthRequest::CleartextPassword,
         5 => {
             let salt = r.bytes(4)?;
-            AuthRequest::Md5Password { salt: [salt[0], salt[1], salt[2], salt[3]] }
+            AuthRequest::Md5Password {
+                salt: [salt[0], salt[1], salt[2], salt[3]],
+            }
         }
         10 => {
             let mut mechanisms = Vec::new();
@@ -188,6 +216,7 @@ fn parse_auth(body: &[u8]) -> Result<AuthRequest<'_>, WireError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::encode;
@@ -200,7 +229,13 @@ mod tests {
     #[test]
     fn error_fields_round_trip() {
         let mut buf = BytesMut::new();
-        encode::error_response(&mut buf, "ERROR", "42501", "tenant context required", Some("hint"));
+        encode::error_response(
+            &mut buf,
+            "ERROR",
+            "42501",
+            "tenant context required",
+            Some("hint"),
+        );
         let f = one(&mut buf);
         let BackendMessage::ErrorResponse(e) = BackendMessage::parse(&f).unwrap() else {
             panic!("not an error")
@@ -218,7 +253,10 @@ mod tests {
         let f = one(&mut buf);
         assert_eq!(
             BackendMessage::parse(&f).unwrap(),
-            BackendMessage::BackendKeyData { process_id: 7, secret_key: &[1; 32] }
+            BackendMessage::BackendKeyData {
+                process_id: 7,
+                secret_key: &[1; 32]
+            }
         );
         encode::raw(&mut buf, b'K', &[0, 0, 0, 7, 1]);
         let f = one(&mut buf);

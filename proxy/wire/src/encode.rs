@@ -251,7 +251,13 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
 }
 
 /// An ErrorResponse with severity, SQLSTATE, message and optional hint.
-pub fn error_response(buf: &mut BytesMut, severity: &str, code: &str, msg: &str, hint: Option<&str>) {
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: &str,
+    code: &str,
+    msg: &str,
+    hint: Option<&str>,
+) {
     notice_like(buf, b'E', severity, code, msg, None, hint);
 }
 
@@ -281,9 +287,13 @@ fn notice_like(
     hint: Option<&str>,
 ) {
     message(buf, tag, |b| {
-        for (field, value) in [(b'S', Some(severity)), (b'V', Some(severity)), (b'C', Some(code))]
-            .into_iter()
-            .chain([(b'M', Some(msg)), (b'D', detail), (b'H', hint)])
+        for (field, value) in [
+            (b'S', Some(severity)),
+            (b'V', Some(severity)),
+            (b'C', Some(code)),
+        ]
+        .into_iter()
+        .chain([(b'M', Some(msg)), (b'D', detail), (b'H', hint)])
         {
             if let Some(value) = value {
                 b.put_u8(field);
@@ -353,4 +363,15 @@ pub fn data_row(buf: &mut BytesMut, values: &[Option<&[u8]>]) {
 /// The single byte a server answers an SSLRequest or GSSENCRequest with.
 pub fn ssl_response(buf: &mut BytesMut, accept: bool) {
     buf.put_u8(if accept { b'S' } else { b'N' });
+}
+
+/// Tells a client which protocol minor version and which `_pq_.` options the server speaks.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u32, unrecognized: &[&str]) {
+    message(buf, b'v', |b| {
+        b.put_u32(newest_minor);
+        b.put_u32(u32::try_from(unrecognized.len()).expect("option count fits"));
+        for name in unrecognized {
+            cstr(b, name);
+        }
+    });
 }

@@ -13,7 +13,10 @@ pub enum WireError {
     #[error("invalid cancel key length {0}")]
     BadCancelKey(usize),
     #[error("malformed {message} message: {reason}")]
-    Malformed { message: &'static str, reason: &'static str },
+    Malformed {
+        message: &'static str,
+        reason: &'static str,
+    },
     #[error("unexpected message type {0:?}")]
     UnexpectedTag(char),
 }

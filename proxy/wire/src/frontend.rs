@@ -14,7 +14,10 @@ impl TargetKind {
         match b {
             b'S' => Ok(TargetKind::Statement),
             b'P' => Ok(TargetKind::Portal),
-            _ => Err(WireError::malformed(message, "target is neither 'S' nor 'P'")),
+            _ => Err(WireError::malformed(
+                message,
+                "target is neither 'S' nor 'P'",
+            )),
         }
     }
 
@@ -91,7 +94,11 @@ impl<'a> FrontendMessage<'a> {
                     .map_err(|_| WireError::malformed("Parse", "negative parameter count"))?;
                 types.bytes(count * 4)?;
                 types.finish()?;
-                FrontendMessage::Parse { name, sql, param_types }
+                FrontendMessage::Parse {
+                    name,
+                    sql,
+                    param_types,
+                }
             }
             t::BIND => {
                 let mut r = Reader::new(body, "Bind");
@@ -99,10 +106,18 @@ impl<'a> FrontendMessage<'a> {
                 let statement = r.cstr()?;
                 let rest = r.rest();
                 BindParams::parse(rest)?;
-                FrontendMessage::Bind { portal, statement, rest }
+                FrontendMessage::Bind {
+                    portal,
+                    statement,
+                    rest,
+                }
             }
             t::DESCRIBE | t::CLOSE => {
-                let label = if frame.tag == t::DESCRIBE { "Describe" } else { "Close" };
+                let label = if frame.tag == t::DESCRIBE {
+                    "Describe"
+                } else {
+                    "Close"
+                };
                 let mut r = Reader::new(body, label);
                 let kind = TargetKind::parse(r.u8()?, label)?;
                 let name = r.cstr()?;
@@ -144,7 +159,20 @@ fn empty<'a>(
     label: &'static str,
     msg: FrontendMessage<'a>,
 ) -> Result<FrontendMessage<'a>, WireError> {
-    if body.is_empty() { Ok(msg) } else { Err(WireError::malformed(label, "unexpected body")) }
+    if body.is_empty() {
+        Ok(msg)
+    } else {
+        Err(WireError::malformed(label, "unexpected body"))
+    }
+}
+
+/// The body of a SASLInitialResponse: the mechanism and the client's first message.
+pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), WireError> {
+    let mut r = Reader::new(body, "SASLInitialResponse");
+    let mechanism = r.cstr()?;
+    let data = r.nullable()?.unwrap_or_default();
+    r.finish()?;
+    Ok((mechanism, data))
 }
 
 /// The parameter part of a Bind message, decoded.
@@ -167,7 +195,11 @@ impl<'a> BindParams<'a> {
         }
         let result_formats = formats(&mut r)?;
         r.finish()?;
-        Ok(BindParams { param_formats, values, result_formats })
+        Ok(BindParams {
+            param_formats,
+            values,
+            result_formats,
+        })
     }
 }
 
@@ -181,6 +213,7 @@ fn formats(r: &mut Reader<'_>) -> Result<Vec<i16>, WireError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::encode;
@@ -197,10 +230,18 @@ mod tests {
         let f = frame(|b| encode::parse(b, "s1", "select $1", &[23]));
         assert_eq!(
             FrontendMessage::parse(&f).unwrap(),
-            FrontendMessage::Parse { name: "s1", sql: "select $1", param_types: &[0, 1, 0, 0, 0, 23] }
+            FrontendMessage::Parse {
+                name: "s1",
+                sql: "select $1",
+                param_types: &[0, 1, 0, 0, 0, 23]
+            }
         );
         let f = frame(|b| encode::bind(b, "", "s1", &[0], &[Some(b"42")], &[1]));
-        let FrontendMessage::Bind { portal, statement, rest } = FrontendMessage::parse(&f).unwrap()
+        let FrontendMessage::Bind {
+            portal,
+            statement,
+            rest,
+        } = FrontendMessage::parse(&f).unwrap()
         else {
             panic!("not a bind")
         };
@@ -219,6 +260,9 @@ mod tests {
         let f = frame(|b| encode::raw(b, b'P', b"s\0q\0\xff\xff"));
         assert!(FrontendMessage::parse(&f).is_err());
         let f = frame(|b| encode::raw(b, b'z', b""));
-        assert_eq!(FrontendMessage::parse(&f), Err(WireError::UnexpectedTag('z')));
+        assert_eq!(
+            FrontendMessage::parse(&f),
+            Err(WireError::UnexpectedTag('z'))
+        );
     }
 }

@@ -19,7 +19,7 @@ mod startup;
 pub use backend::{AuthRequest, BackendMessage, ErrorFields, TransactionStatus};
 pub use error::WireError;
 pub use frame::{Frame, decode_frame};
-pub use frontend::{BindParams, FrontendMessage, TargetKind};
+pub use frontend::{BindParams, FrontendMessage, TargetKind, parse_sasl_initial_response};
 pub use startup::{StartupPacket, decode_startup};
 
 /// Largest startup-phase packet Postgres accepts (`MAX_STARTUP_PACKET_LENGTH` in

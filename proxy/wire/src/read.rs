@@ -54,11 +54,9 @@ impl<'a> Reader<'a> {
     /// A NUL-terminated string, without its terminator. Postgres strings are in the client
     /// encoding; anything that is not UTF-8 is refused rather than guessed at.
     pub(crate) fn cstr(&mut self) -> ReadResult<&'a str> {
-        let nul = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| crate::WireError::malformed(self.message, "missing string terminator"))?;
+        let nul = self.buf.iter().position(|&b| b == 0).ok_or_else(|| {
+            crate::WireError::malformed(self.message, "missing string terminator")
+        })?;
         let s = std::str::from_utf8(&self.buf[..nul])
             .map_err(|_| crate::WireError::malformed(self.message, "string is not UTF-8"))?;
         self.buf = &self.buf[nul + 1..];
@@ -78,10 +76,6 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 
     pub(crate) fn finish(self) -> ReadResult<()> {

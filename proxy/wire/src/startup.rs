@@ -28,7 +28,10 @@ pub enum StartupPacket {
 impl StartupPacket {
     /// The value of a startup parameter.
     pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -42,7 +45,10 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireE
         return Err(WireError::BadLength(declared.into()));
     }
     if len > MAX_STARTUP_PACKET_LEN {
-        return Err(WireError::TooLong { len, max: MAX_STARTUP_PACKET_LEN });
+        return Err(WireError::TooLong {
+            len,
+            max: MAX_STARTUP_PACKET_LEN,
+        });
     }
     if buf.len() < len {
         return Ok(None);
@@ -63,7 +69,10 @@ fn parse_startup(body: &[u8], packet: &Bytes) -> Result<StartupPacket, WireError
             if !(4..=MAX_CANCEL_KEY_LEN).contains(&key_len) {
                 return Err(WireError::BadCancelKey(key_len));
             }
-            Ok(StartupPacket::Cancel { process_id, secret_key: packet.slice(12..) })
+            Ok(StartupPacket::Cancel {
+                process_id,
+                secret_key: packet.slice(12..),
+            })
         }
         _ => {
             let major = (code >> 16) as u16;

@@ -1,0 +1,37 @@
+//! Assembles the process: one pingora server hosting Sentinel's services, so they share
+//! signals, graceful shutdown and configuration.
+
+use std::sync::Arc;
+
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::config::Config;
+use crate::pg::{PgService, PgShared, PoolMaintenance};
+
+/// Seconds pingora waits for runtimes to stop after the grace period.
+const RUNTIME_SHUTDOWN_SECS: u64 = 2;
+
+/// Starts every service and runs until a signal ends the process (SIGTERM: graceful).
+pub fn run(config: Config) -> anyhow::Result<std::convert::Infallible> {
+    let config = Arc::new(config);
+    let mut conf = ServerConf::default();
+    conf.threads = config.process.threads;
+    // Sessions close their clients at the end of shutdown_grace; pingora then needs a moment
+    // to let them say goodbye before it stops the runtimes.
+    conf.grace_period_seconds = Some(config.process.shutdown_grace.as_secs() + 1);
+    conf.graceful_shutdown_timeout_seconds = Some(RUNTIME_SHUTDOWN_SECS);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let pg = Arc::new(PgShared::new(config.clone())?);
+    let mut pg_service = Service::new("postgres".to_owned(), PgService::new(pg.clone()));
+    pg_service.add_tcp(&config.postgres.listen.to_string());
+    server.add_service(pg_service);
+    server.add_service(background_service("pool maintenance", PoolMaintenance::new(pg)));
+
+    tracing::info!(postgres.listen = %config.postgres.listen, "sentinel starting");
+    server.run_forever()
+}

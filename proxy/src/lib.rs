@@ -1,0 +1,8 @@
+//! Sentinel: a sidecar that makes cross-tenant data access through Postgres and unbudgeted LLM
+//! spend impossible. This library holds everything; `main.rs` only calls [`cli::main`].
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod pg;
+mod telemetry;

@@ -1,0 +1,3 @@
+//! Client authentication.
+
+pub mod scram;

@@ -1,0 +1,325 @@
+//! The client's side of connection start: SSL/GSS negotiation, the startup packet, cancel
+//! requests, and authentication. Ends when the client is authenticated (AuthenticationOk sent);
+//! the session then sets up its server-side state.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use sentinel_wire::{StartupPacket, decode_startup, encode, parse_sasl_initial_response, tag};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::PgShared;
+use super::auth::scram::{ScramServer, ScramVerifier};
+use super::conn::{BoxStream, Conn, ReadError};
+use super::error::{PgError, PgResult};
+use crate::config::ClientAuth;
+
+/// Startup parameters that describe the connection rather than settings to apply.
+const CONNECTION_PARAMS: &[&str] = &["user", "database", "options", "replication"];
+
+pub struct ClientLogin {
+    pub conn: Conn,
+    pub user: String,
+    pub server_user: String,
+    pub database: String,
+    /// Settings the client asked for at startup, applied on whichever server it uses.
+    pub params: BTreeMap<String, String>,
+}
+
+pub enum Accepted {
+    Login(Box<ClientLogin>),
+    Cancel { process_id: u32, secret_key: Bytes },
+}
+
+/// Runs the startup phase. Not cancel safe (the caller bounds it with client_login_timeout).
+pub async fn accept(
+    mut stream: BoxStream,
+    peer: Option<IpAddr>,
+    shared: &PgShared,
+) -> PgResult<Accepted> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut encrypted = false;
+    let (minor, startup) = loop {
+        let packet = loop {
+            match decode_startup(&mut buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(e) => return Err(refuse(&mut stream, e.into()).await),
+            }
+            if stream.read_buf(&mut buf).await.map_err(PgError::ClientIo)? == 0 {
+                return Err(PgError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if encrypted => {
+                return Err(refuse(&mut stream, PgError::Unexpected("second encryption request")).await);
+            }
+            StartupPacket::SslRequest => {
+                // Bytes sent after the request but before the handshake would be read as if
+                // they had been encrypted: refuse them (the CVE-2021-23222 class of bug).
+                if !buf.is_empty() {
+                    return Err(refuse(&mut stream, PgError::Unexpected("data after SSLRequest")).await);
+                }
+                let accept = shared.tls.clone();
+                let mut answer = BytesMut::new();
+                encode::ssl_response(&mut answer, accept.is_some());
+                stream.write_all(&answer).await.map_err(PgError::ClientIo)?;
+                if let Some(acceptor) = accept {
+                    let tls = acceptor.accept(stream).await.map_err(PgError::ClientIo)?;
+                    stream = Box::new(tls);
+                    encrypted = true;
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                let mut answer = BytesMut::new();
+                encode::ssl_response(&mut answer, false);
+                stream.write_all(&answer).await.map_err(PgError::ClientIo)?;
+            }
+            StartupPacket::Cancel { process_id, secret_key } => {
+                return Ok(Accepted::Cancel { process_id, secret_key });
+            }
+            StartupPacket::Startup { minor, params } => break (minor, params),
+        }
+    };
+
+    let mut conn = Conn::new(stream, shared.config.postgres.max_message_bytes);
+    conn.rbuf = buf;
+    match login(&mut conn, minor, &startup, peer, shared).await {
+        Ok(ClientParams { user, server_user, database, params }) => {
+            Ok(Accepted::Login(Box::new(ClientLogin { conn, user, server_user, database, params })))
+        }
+        Err(e) => {
+            if !matches!(e, PgError::ClientIo(_)) {
+                e.encode(&mut conn.wbuf, "FATAL");
+                conn.shutdown().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Tells the client why it is refused before the connection is closed.
+async fn refuse(stream: &mut BoxStream, e: PgError) -> PgError {
+    let mut out = BytesMut::new();
+    e.encode(&mut out, "FATAL");
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+    e
+}
+
+async fn login(
+    conn: &mut Conn,
+    minor: u16,
+    startup: &[(String, String)],
+    peer: Option<IpAddr>,
+    shared: &PgShared,
+) -> PgResult<ClientParams> {
+    let login = read_startup(startup, shared)?;
+
+    // Sentinel speaks protocol 3.0 and no `_pq_` extensions; say so, as Postgres does.
+    let extensions: Vec<&str> =
+        startup.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
+    if minor > 0 || !extensions.is_empty() {
+        encode::negotiate_protocol_version(&mut conn.wbuf, 0, &extensions);
+    }
+
+    authenticate(conn, &login.user, peer, shared).await?;
+    Ok(login)
+}
+
+struct ClientParams {
+    user: String,
+    server_user: String,
+    database: String,
+    params: BTreeMap<String, String>,
+}
+
+fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<ClientParams> {
+    let get = |name| StartupPacket::param(startup, name);
+    let user = get("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| PgError::InvalidParameter("no user name given".into()))?
+        .to_owned();
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(PgError::FeatureNotSupported("replication connections are not supported"));
+    }
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let mut params = BTreeMap::new();
+    for (name, value) in startup {
+        if CONNECTION_PARAMS.contains(&name.as_str()) || name.starts_with("_pq_.") {
+            continue;
+        }
+        params.insert(checked_name(name)?, value.clone());
+    }
+    if let Some(options) = get("options") {
+        for (name, value) in parse_options(options)? {
+            params.insert(checked_name(&name)?, value);
+        }
+    }
+    let server_user = shared
+        .users
+        .get(&user)
+        .map(|u| u.config.server_user().to_owned())
+        .unwrap_or_else(|| user.clone());
+    Ok(ClientParams { user, server_user, database, params })
+}
+
+/// Setting names end up in `SET` statements: allow only what Postgres names look like.
+fn checked_name(name: &str) -> PgResult<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(PgError::InvalidParameter(format!("invalid parameter name {name:?}")))
+    }
+}
+
+/// Splits the `options` startup parameter (`-c name=value`, `-cname=value`, `--name=value`),
+/// honouring libpq's backslash escapes.
+fn parse_options(options: &str) -> PgResult<Vec<(String, String)>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next().ok_or_else(|| PgError::InvalidParameter("-c without a setting".into()))?
+        } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            s.to_owned()
+        } else {
+            return Err(PgError::InvalidParameter(format!("unsupported option {w:?}")));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| PgError::InvalidParameter(format!("option {setting:?} has no value")))?;
+        out.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(out)
+}
+
+async fn authenticate(
+    conn: &mut Conn,
+    user: &str,
+    peer: Option<IpAddr>,
+    shared: &PgShared,
+) -> PgResult<()> {
+    let entry = shared.users.get(user);
+    match entry.map(|e| e.config.auth) {
+        Some(ClientAuth::Trust) => {
+            let trusted = peer.is_some_and(|ip| {
+                shared.config.postgres.trust_networks.iter().any(|net| net.contains(&ip))
+            });
+            if !trusted {
+                return Err(PgError::TrustRefused { user: user.to_owned() });
+            }
+        }
+        Some(ClientAuth::ScramSha256) | None => {
+            // Unknown users go through the same exchange with a fake verifier and fail at the
+            // end, so the answer does not tell which user names exist.
+            let verifier = match entry.and_then(|e| e.verifier.clone()) {
+                Some(v) => v,
+                None => ScramVerifier::fake(user, &shared.fake_secret),
+            };
+            scram_exchange(conn, user, verifier, entry.is_some()).await?;
+        }
+    }
+    encode::auth_ok(&mut conn.wbuf);
+    Ok(())
+}
+
+async fn scram_exchange(
+    conn: &mut Conn,
+    user: &str,
+    verifier: ScramVerifier,
+    known: bool,
+) -> PgResult<()> {
+    let failed = || PgError::AuthFailed(user.to_owned());
+    let mut server = ScramServer::new(verifier);
+    encode::auth_sasl(&mut conn.wbuf, &[ScramServer::MECHANISM]);
+    conn.flush().await.map_err(PgError::ClientIo)?;
+
+    let frame = read_password_message(conn).await?;
+    let (mechanism, first) = parse_sasl_initial_response(frame.body())?;
+    if mechanism != ScramServer::MECHANISM {
+        return Err(PgError::FeatureNotSupported("only SCRAM-SHA-256 is supported"));
+    }
+    let server_first = server.client_first(first).map_err(|_| failed())?;
+    encode::auth_sasl_continue(&mut conn.wbuf, &server_first);
+    conn.flush().await.map_err(PgError::ClientIo)?;
+
+    let frame = read_password_message(conn).await?;
+    let server_final = server.client_final(frame.body()).map_err(|_| failed())?;
+    if !known {
+        return Err(failed());
+    }
+    encode::auth_sasl_final(&mut conn.wbuf, &server_final);
+    Ok(())
+}
+
+async fn read_password_message(conn: &mut Conn) -> PgResult<sentinel_wire::Frame> {
+    let frame = conn.read_frame().await.map_err(|e| match e {
+        ReadError::Wire(w) => PgError::Protocol(w),
+        ReadError::Io(e) => PgError::ClientIo(e),
+        ReadError::Eof => PgError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()),
+    })?;
+    if frame.tag != tag::frontend::PASSWORD {
+        return Err(PgError::Unexpected("non-password message during authentication"));
+    }
+    Ok(frame)
+}
+
+/// Known users and their parsed verifiers, built once from the config.
+pub struct UserEntry {
+    pub config: crate::config::UserConfig,
+    pub verifier: Option<ScramVerifier>,
+}
+
+pub type Users = std::collections::HashMap<String, Arc<UserEntry>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_forms() {
+        let parsed = parse_options(r"-c search_path=a\,b -capplication_name=x\ y --work-mem=4MB")
+            .expect("valid");
+        assert_eq!(
+            parsed,
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("application_name".into(), "x y".into()),
+                ("work_mem".into(), "4MB".into()),
+            ]
+        );
+        assert!(parse_options("-x").is_err());
+        assert!(parse_options("-c").is_err());
+        assert!(parse_options("-c novalue").is_err());
+    }
+
+    #[test]
+    fn parameter_names_are_checked() {
+        assert_eq!(checked_name("DateStyle").expect("valid"), "datestyle");
+        assert!(checked_name("a;drop table x").is_err());
+        assert!(checked_name("").is_err());
+    }
+}

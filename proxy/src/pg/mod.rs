@@ -1,0 +1,97 @@
+//! The Postgres front: a pingora service that accepts clients, authenticates them, and runs
+//! each one's session against pooled server connections.
+
+pub mod auth;
+mod cancel;
+mod conn;
+pub mod error;
+mod handshake;
+mod io;
+mod params;
+mod pool;
+mod server;
+mod service;
+mod session;
+mod statements;
+mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use anyhow::Context;
+use rand::RngCore;
+
+use crate::config::{Config, UpstreamTls};
+pub use service::{PgService, PoolMaintenance};
+
+/// What every session of the Postgres front shares. Built once from the config and passed down;
+/// nothing here is global.
+pub struct PgShared {
+    pub config: Arc<Config>,
+    pub users: handshake::Users,
+    pub pools: pool::Pools,
+    pub cancels: Arc<cancel::CancelRegistry>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Clients connected now (for max_client_conn).
+    pub clients: AtomicUsize,
+    /// Seeds the fake SCRAM verifiers of unknown users; random per process.
+    pub fake_secret: [u8; 32],
+}
+
+impl PgShared {
+    pub fn new(config: Arc<Config>) -> anyhow::Result<PgShared> {
+        let pg = &config.postgres;
+        let tls = match &pg.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(&t.cert_file, &t.key_file).context("postgres.tls")?,
+            )),
+            None => None,
+        };
+        let upstream_tls = match pg.upstream.tls {
+            UpstreamTls::Disable => None,
+            UpstreamTls::VerifyFull => {
+                let ca = pg.upstream.ca_file.as_deref().context("postgres.upstream.ca_file")?;
+                let name = rustls::pki_types::ServerName::try_from(pg.upstream.host.clone())
+                    .context("postgres.upstream.host is not a valid TLS server name")?;
+                Some((tls::client_config(ca).context("postgres.upstream.ca_file")?, name))
+            }
+        };
+        let upstream = server::Upstream {
+            host: pg.upstream.host.clone(),
+            port: pg.upstream.port,
+            tls: upstream_tls,
+            connect_timeout: pg.server_connect_timeout,
+            max_message: pg.max_message_bytes,
+        };
+        let settings = pool::PoolSettings {
+            size: pg.pool_size,
+            min_size: pg.min_pool_size,
+            wait_timeout: pg.pool_wait_timeout,
+            lifetime: pg.server_lifetime,
+            idle_timeout: pg.server_idle_timeout,
+        };
+        let mut users = HashMap::new();
+        for user in &pg.users {
+            let verifier = match &user.scram_verifier {
+                Some(v) => Some(v.parse().with_context(|| format!("user {}", user.name))?),
+                None => None,
+            };
+            users.insert(
+                user.name.clone(),
+                Arc::new(handshake::UserEntry { config: user.clone(), verifier }),
+            );
+        }
+        let mut fake_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut fake_secret);
+        Ok(PgShared {
+            users,
+            pools: pool::Pools::new(upstream, settings),
+            cancels: Arc::default(),
+            tls,
+            clients: AtomicUsize::new(0),
+            fake_secret,
+            config,
+        })
+    }
+}

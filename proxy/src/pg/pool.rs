@@ -1,0 +1,244 @@
+//! Server connection pools, one per (database, server user). A semaphore bounds the
+//! connections of a pool; idle ones are reused newest first so the oldest age out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sentinel_wire::encode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::error::{PgError, PgResult};
+use super::server::{Login, ServerConn, Upstream};
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub min_size: usize,
+    pub wait_timeout: Duration,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub database: String,
+    pub server_user: String,
+}
+
+#[derive(Default)]
+pub struct PoolStats {
+    /// Clients waiting for a connection right now.
+    pub waiting: AtomicUsize,
+    pub checkouts: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub closed_dirty: AtomicU64,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    login: Login,
+    upstream: Upstream,
+    settings: PoolSettings,
+    idle: Mutex<Vec<ServerConn>>,
+    slots: Arc<Semaphore>,
+    pub stats: PoolStats,
+}
+
+/// A server connection lent to one client. Hand it back with [`Checkout::release`] when clean,
+/// or [`Checkout::discard`] when its state is unknown; dropping it discards it.
+pub struct Checkout {
+    pub server: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    pub fn server(&mut self) -> &mut ServerConn {
+        self.server.as_mut().expect("a checkout holds its server until released")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean connection (ready, no transaction open) for the next client.
+    pub fn release(mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.last_used = Instant::now();
+            if server.created.elapsed() < self.pool.settings.lifetime {
+                self.pool.idle.lock().push(server);
+            } else {
+                close(server);
+            }
+        }
+    }
+
+    /// Closes a connection that must not be reused.
+    pub fn discard(mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool.stats.closed_dirty.fetch_add(1, Ordering::Relaxed);
+            close(server);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool.stats.closed_dirty.fetch_add(1, Ordering::Relaxed);
+            close(server);
+        }
+    }
+}
+
+/// Says goodbye to the server without making anyone wait for it.
+fn close(mut server: ServerConn) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            encode::terminate(&mut server.conn.wbuf);
+            let _ = tokio::time::timeout(Duration::from_secs(1), server.conn.shutdown()).await;
+        });
+    }
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, login: Login, upstream: Upstream, settings: PoolSettings) -> Self {
+        Pool {
+            key,
+            login,
+            upstream,
+            slots: Arc::new(Semaphore::new(settings.size)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            stats: PoolStats::default(),
+        }
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Waits up to `pool_wait_timeout` for a slot, then reuses an idle connection or opens one.
+    pub async fn checkout(self: &Arc<Self>) -> PgResult<Checkout> {
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit =
+            tokio::time::timeout(self.settings.wait_timeout, self.slots.clone().acquire_owned())
+                .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(PgError::ShuttingDown),
+            Err(_) => {
+                self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(PgError::PoolTimeout(self.settings.wait_timeout));
+            }
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let reused = self.take_idle();
+        let server = match reused {
+            Some(server) => server,
+            None => self.open().await?,
+        };
+        Ok(Checkout { server: Some(server), pool: self.clone(), _permit: permit })
+    }
+
+    fn take_idle(&self) -> Option<ServerConn> {
+        let mut idle = self.idle.lock();
+        while let Some(server) = idle.pop() {
+            if server.created.elapsed() < self.settings.lifetime {
+                return Some(server);
+            }
+            close(server);
+        }
+        None
+    }
+
+    async fn open(&self) -> PgResult<ServerConn> {
+        match self.upstream.connect(&self.login).await {
+            Ok(server) => {
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                Ok(server)
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes connections idle or alive too long and opens connections up to `min_pool_size`.
+    pub async fn maintain(&self) {
+        {
+            let mut idle = self.idle.lock();
+            let (keep, old): (Vec<_>, Vec<_>) = idle.drain(..).partition(|s| {
+                s.created.elapsed() < self.settings.lifetime
+                    && s.last_used.elapsed() < self.settings.idle_timeout
+            });
+            *idle = keep;
+            old.into_iter().for_each(close);
+        }
+        while self.idle_count() < self.settings.min_size {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
+            match self.open().await {
+                Ok(server) => self.idle.lock().push(server),
+                Err(e) => {
+                    tracing::warn!(pool.database = %self.key.database, pool.user = %self.key.server_user, error = %e, "cannot open min_pool_size connection");
+                    break;
+                }
+            }
+            drop(permit);
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.settings.size - self.slots.available_permits() 
+    }
+
+    /// Closes every idle connection (used when the upstream has been seen to restart).
+    pub fn close_idle(&self) {
+        let drained: Vec<_> = self.idle.lock().drain(..).collect();
+        drained.into_iter().for_each(close);
+    }
+}
+
+/// All pools, created on first use.
+pub struct Pools {
+    upstream: Upstream,
+    settings: PoolSettings,
+    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn new(upstream: Upstream, settings: PoolSettings) -> Self {
+        Pools { upstream, settings, map: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn get(&self, login: &Login) -> Arc<Pool> {
+        let key = PoolKey { database: login.database.clone(), server_user: login.user.clone() };
+        self.map
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool::new(key, login.clone(), self.upstream.clone(), self.settings.clone()))
+            })
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map.lock().values().cloned().collect()
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+}

@@ -1,0 +1,890 @@
+//! One client's session: the state machine between a client connection and the server
+//! connections it borrows.
+//!
+//! The session knows transaction boundaries exactly. Every message it forwards to a server is
+//! recorded in `pending` with the replies it will produce, in order; replies are matched against
+//! that queue, so Sentinel can insert messages of its own (a Parse for a statement this server
+//! has not prepared yet) and swallow their replies, and answer some messages itself (Close of a
+//! client statement) with replies placed exactly where the server's would have been. In
+//! transaction mode the server goes back to the pool at the first ReadyForQuery `I` with
+//! nothing pending.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sentinel_wire::{
+    BackendMessage, Frame, FrontendMessage, TargetKind, TransactionStatus, encode, tag,
+};
+use tokio::time::Instant;
+
+use super::PgShared;
+use super::cancel::CancelHandle;
+use super::conn::{Conn, ReadError};
+use super::error::{PgError, PgResult};
+use super::handshake::ClientLogin;
+use super::io::{Io, next_io};
+use super::params;
+use super::pool::{Checkout, Pool};
+use super::server::ServerConn;
+use super::statements::{ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command};
+use crate::config::PoolMode;
+
+/// What a message sent to the server will be answered with; popped when its last reply arrives.
+#[derive(Debug)]
+enum Pending {
+    /// `swallow`: injected by Sentinel, the client never sent it. `name`: the server statement.
+    Parse { swallow: bool, name: Option<Arc<str>> },
+    Bind { statement: Option<Arc<str>> },
+    Describe,
+    Execute,
+    Close { swallow: bool },
+    Sync,
+    Query,
+    FunctionCall,
+    /// A reply Sentinel produced itself, sent when everything before it has been answered.
+    Synthetic(Bytes),
+    /// A ReadyForQuery Sentinel answers itself, with the status current at that point.
+    SyntheticReady,
+}
+
+impl Pending {
+    fn ends_with_ready(&self) -> bool {
+        matches!(self, Pending::Sync | Pending::Query | Pending::FunctionCall)
+    }
+
+    fn is_extended(&self) -> bool {
+        matches!(
+            self,
+            Pending::Parse { .. }
+                | Pending::Bind { .. }
+                | Pending::Describe
+                | Pending::Execute
+                | Pending::Close { .. }
+        )
+    }
+}
+
+/// Session state a server connection may carry past a transaction, seen from command tags.
+#[derive(Debug, Default, Clone, Copy)]
+struct Dirty {
+    session: bool,
+    prepared: bool,
+}
+
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+/// How long Sentinel waits for its own housekeeping queries before it gives up on a server.
+const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Above this many prepared statements a server is cleared at its next release.
+const MAX_SERVER_STATEMENTS: usize = 2000;
+const RESET_SQL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; UNLISTEN *; \
+     SELECT pg_advisory_unlock_all(); CLOSE ALL; DISCARD TEMP; DISCARD SEQUENCES";
+
+pub struct Session {
+    shared: Arc<PgShared>,
+    client: Conn,
+    pool: Arc<Pool>,
+    cancel: CancelHandle,
+    mode: PoolMode,
+    /// Settings the client wants on every server it uses.
+    desired: BTreeMap<String, String>,
+    held: Option<Checkout>,
+    statements: ClientStatements,
+    pending: VecDeque<Pending>,
+    /// Extended-protocol messages forwarded since the last Sync.
+    batch_open: bool,
+    /// The last transaction status the server reported.
+    tx: TransactionStatus,
+    copy_in: bool,
+    dirty: Dirty,
+    /// After an error Sentinel raised itself in an extended batch: drop messages until Sync.
+    skip_until_sync: bool,
+    /// When the oldest request awaiting ReadyForQuery was sent (for query_timeout).
+    busy_since: Option<Instant>,
+    timeout_cancel_sent: bool,
+    /// When the client last became idle inside a transaction.
+    idle_since: Option<Instant>,
+    shutdown: pingora::server::ShutdownWatch,
+    drain_deadline: Option<Instant>,
+}
+
+impl Session {
+    pub fn new(
+        shared: Arc<PgShared>,
+        login: ClientLogin,
+        pool: Arc<Pool>,
+        shutdown: pingora::server::ShutdownWatch,
+    ) -> Session {
+        let cancel = shared.cancels.register();
+        let mode = shared.config.postgres.pool_mode;
+        Session {
+            client: login.conn,
+            pool,
+            cancel,
+            mode,
+            desired: login.params,
+            held: None,
+            statements: ClientStatements::default(),
+            pending: VecDeque::new(),
+            batch_open: false,
+            tx: TransactionStatus::Idle,
+            copy_in: false,
+            dirty: Dirty::default(),
+            skip_until_sync: false,
+            busy_since: None,
+            timeout_cancel_sent: false,
+            idle_since: None,
+            shutdown,
+            drain_deadline: None,
+            shared,
+        }
+    }
+
+    /// Runs the session to its end. Whatever happens, a server connection it holds is left
+    /// clean in the pool or closed.
+    pub async fn run(mut self) -> PgResult<()> {
+        let result = self.run_inner().await;
+        if let Err(e) = &result
+            && !matches!(e, PgError::ClientIo(_))
+        {
+            e.encode(&mut self.client.wbuf, "FATAL");
+        }
+        let clean_exit = result.is_ok();
+        self.give_back_server(clean_exit).await;
+        self.client.shutdown().await;
+        result
+    }
+
+    async fn run_inner(&mut self) -> PgResult<()> {
+        self.login().await?;
+        loop {
+            let deadline = self.next_deadline();
+            let draining = self.drain_deadline.is_some();
+            let server = self.held.as_mut().map(|c| &mut c.server().conn);
+            let io = tokio::select! {
+                io = next_io(&mut self.client, server) => io,
+                _ = self.shutdown.changed(), if !draining => {
+                    self.start_drain()?;
+                    continue;
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.on_deadline().await?;
+                    continue;
+                }
+            };
+            match io {
+                Io::Client => {
+                    if let Flow::Close = self.on_client_data().await? {
+                        return Ok(());
+                    }
+                }
+                Io::Server => self.on_server_data()?,
+                Io::ClientClosed(e) => {
+                    return Err(PgError::ClientIo(
+                        e.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into()),
+                    ));
+                }
+                Io::ServerClosed(e) => {
+                    tracing::warn!(error = ?e, "server connection lost");
+                    return Err(self.server_lost());
+                }
+            }
+            self.maybe_release().await?;
+        }
+    }
+
+    /// Finishes login: applies the client's settings on a server connection (which checks
+    /// them), reports the resulting settings, and says the session is ready.
+    async fn login(&mut self) -> PgResult<()> {
+        self.ensure_server().await?;
+        let server = self.server();
+        let mut out = BytesMut::new();
+        for (name, value) in &server.reported {
+            encode::parameter_status(&mut out, name, value);
+        }
+        encode::backend_key_data(&mut out, self.cancel.process_id, &self.cancel.secret);
+        encode::ready_for_query(&mut out, TransactionStatus::Idle);
+        self.client.wbuf.extend_from_slice(&out);
+        self.maybe_release().await
+    }
+
+    fn server(&mut self) -> &mut ServerConn {
+        self.held.as_mut().expect("a server is held").server()
+    }
+
+    // === client messages ===
+
+    async fn on_client_data(&mut self) -> PgResult<Flow> {
+        while let Some(frame) = self.client.next_frame()? {
+            if let Flow::Close = self.on_client_frame(frame).await? {
+                return Ok(Flow::Close);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_client_frame(&mut self, frame: Frame) -> PgResult<Flow> {
+        use tag::frontend as f;
+        if self.skip_until_sync {
+            if frame.tag == f::SYNC {
+                self.skip_until_sync = false;
+                self.respond_ready();
+            }
+            return Ok(Flow::Continue);
+        }
+        let msg = FrontendMessage::parse(&frame)?;
+        match &msg {
+            FrontendMessage::Terminate => return Ok(Flow::Close),
+            FrontendMessage::Password(_) => {
+                return Err(PgError::Unexpected("password message after authentication"));
+            }
+            FrontendMessage::Sync if self.held.is_none() => {
+                self.respond_ready();
+                return Ok(Flow::Continue);
+            }
+            FrontendMessage::Flush if self.held.is_none() => return Ok(Flow::Continue),
+            FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. }
+                if self.held.is_none() =>
+            {
+                // Postgres ignores copy messages outside COPY, for the sake of client libraries
+                // that send them after a COPY failed.
+                return Ok(Flow::Continue);
+            }
+            FrontendMessage::Close { kind: TargetKind::Statement, name } if !name.is_empty() => {
+                self.statements.close(name);
+                let mut out = BytesMut::new();
+                encode::close_complete(&mut out);
+                self.respond(out.freeze());
+                return Ok(Flow::Continue);
+            }
+            FrontendMessage::Query { sql } => {
+                if let Some(cmd) = local_command(sql)
+                    && self.answer_locally(&cmd)
+                {
+                    return Ok(Flow::Continue);
+                }
+            }
+            _ => {}
+        }
+        if let Err(e) = self.ensure_server().await {
+            if matches!(e, PgError::ShuttingDown) {
+                return Err(e);
+            }
+            // The client stays connected: it gets the error as Postgres would report a failed
+            // statement, and may try again.
+            tracing::warn!(error = %e, kind = e.kind(), "no server connection for client");
+            e.encode(&mut self.client.wbuf, "ERROR");
+            match msg {
+                FrontendMessage::Query { .. } | FrontendMessage::FunctionCall | FrontendMessage::Sync => {
+                    encode::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
+                }
+                _ => self.skip_until_sync = true,
+            }
+            return Ok(Flow::Continue);
+        }
+        self.forward(&frame, msg);
+        Ok(Flow::Continue)
+    }
+
+    /// Answers DEALLOCATE and DISCARD ALL for the client's own statements. Returns false when
+    /// the server must see the command after all.
+    fn answer_locally(&mut self, cmd: &LocalCommand) -> bool {
+        let tag = match cmd {
+            LocalCommand::Deallocate(name) => {
+                if self.statements.get(name).is_none() {
+                    return false; // an SQL-level PREPARE: the server has it
+                }
+                self.statements.close(name);
+                "DEALLOCATE"
+            }
+            LocalCommand::DeallocateAll => {
+                if self.mode == PoolMode::Session {
+                    self.statements.clear();
+                    return false; // also drops SQL-level statements on the server
+                }
+                self.statements.clear();
+                "DEALLOCATE ALL"
+            }
+            LocalCommand::DiscardAll => {
+                // Refused inside a transaction block, and in session mode it must reach the
+                // server (temporary tables, SQL-level state).
+                if self.tx != TransactionStatus::Idle || self.mode == PoolMode::Session {
+                    if self.tx == TransactionStatus::Idle {
+                        self.statements.clear();
+                    }
+                    return false;
+                }
+                self.statements.clear();
+                "DISCARD ALL"
+            }
+        };
+        let mut out = BytesMut::new();
+        encode::command_complete(&mut out, tag);
+        self.respond(out.freeze());
+        self.respond_ready();
+        true
+    }
+
+    /// Sends a reply Sentinel produced, in order with the server's replies.
+    fn respond(&mut self, reply: Bytes) {
+        if self.pending.is_empty() {
+            self.client.wbuf.extend_from_slice(&reply);
+        } else {
+            self.pending.push_back(Pending::Synthetic(reply));
+        }
+    }
+
+    fn respond_ready(&mut self) {
+        if self.pending.is_empty() {
+            encode::ready_for_query(&mut self.client.wbuf, self.tx);
+        } else {
+            self.pending.push_back(Pending::SyntheticReady);
+        }
+    }
+
+    /// Sends a client message on to the held server, translating statement names.
+    fn forward(&mut self, frame: &Frame, msg: FrontendMessage<'_>) {
+        let raw = frame.raw();
+        match msg {
+            FrontendMessage::Query { .. } => self.send(raw, Some(Pending::Query)),
+            FrontendMessage::FunctionCall => self.send(raw, Some(Pending::FunctionCall)),
+            FrontendMessage::Parse { name, sql, param_types } => {
+                self.batch_open = true;
+                if name.is_empty() {
+                    return self.send(raw, Some(Pending::Parse { swallow: false, name: None }));
+                }
+                let stmt = self.statements.prepare(name, sql, param_types);
+                if self.server().prepared.contains(&stmt.server_name) {
+                    let mut out = BytesMut::new();
+                    encode::parse_complete(&mut out);
+                    self.respond(out.freeze());
+                } else {
+                    self.prepare_on_server(&stmt, false);
+                }
+            }
+            FrontendMessage::Bind { portal, statement, rest } => {
+                self.batch_open = true;
+                let (name, known) = self.server_statement(statement);
+                let mut out = BytesMut::new();
+                encode::bind_raw_params(&mut out, portal, &name, rest);
+                let pending = Pending::Bind { statement: known.then(|| name.into()) };
+                self.send(&out, Some(pending));
+            }
+            FrontendMessage::Describe { kind: TargetKind::Statement, name } => {
+                self.batch_open = true;
+                let (name, _) = self.server_statement(name);
+                let mut out = BytesMut::new();
+                encode::describe(&mut out, TargetKind::Statement, &name);
+                self.send(&out, Some(Pending::Describe));
+            }
+            FrontendMessage::Describe { kind: TargetKind::Portal, .. } => {
+                self.batch_open = true;
+                self.send(raw, Some(Pending::Describe));
+            }
+            FrontendMessage::Execute { .. } => {
+                self.batch_open = true;
+                self.send(raw, Some(Pending::Execute));
+            }
+            FrontendMessage::Close { .. } => {
+                self.batch_open = true;
+                self.send(raw, Some(Pending::Close { swallow: false }));
+            }
+            FrontendMessage::Sync => {
+                // During COPY FROM STDIN the server ignores Sync: it expects another after
+                // CopyDone.
+                let pending = (!self.copy_in).then_some(Pending::Sync);
+                if pending.is_some() {
+                    self.batch_open = false;
+                }
+                self.send(raw, pending);
+            }
+            FrontendMessage::Flush | FrontendMessage::CopyData(_) => self.send(raw, None),
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                self.copy_in = false;
+                self.send(raw, None);
+            }
+            FrontendMessage::Terminate | FrontendMessage::Password(_) => {
+                unreachable!("handled before forwarding")
+            }
+        }
+    }
+
+    /// The server-side name for a client statement name, preparing it on the held server if
+    /// needed. Unknown names go through as they are, so the server reports them as Postgres
+    /// would (unless they could name one of Sentinel's statements).
+    fn server_statement(&mut self, client_name: &str) -> (String, bool) {
+        if client_name.is_empty() {
+            return (String::new(), false);
+        }
+        match self.statements.get(client_name).cloned() {
+            Some(stmt) => {
+                if !self.server().prepared.contains(&stmt.server_name) {
+                    self.prepare_on_server(&stmt, true);
+                }
+                (stmt.server_name.to_string(), true)
+            }
+            None if client_name.starts_with(SERVER_PREFIX) => {
+                (format!("{client_name}_unknown"), false)
+            }
+            None => (client_name.to_owned(), false),
+        }
+    }
+
+    fn prepare_on_server(&mut self, stmt: &Statement, swallow: bool) {
+        let name = stmt.server_name.clone();
+        let server = self.server();
+        let stale = server.stale.remove(&name);
+        server.prepared.insert(name.clone());
+        if stale {
+            let mut out = BytesMut::new();
+            encode::close(&mut out, TargetKind::Statement, &name);
+            self.send(&out, Some(Pending::Close { swallow: true }));
+        }
+        self.send(&stmt.parse.clone(), Some(Pending::Parse { swallow, name: Some(name) }));
+    }
+
+    fn send(&mut self, bytes: &[u8], pending: Option<Pending>) {
+        self.server().conn.wbuf.extend_from_slice(bytes);
+        if let Some(p) = pending {
+            if p.ends_with_ready() && self.busy_since.is_none() {
+                self.busy_since = Some(Instant::now());
+                self.timeout_cancel_sent = false;
+            }
+            self.pending.push_back(p);
+        }
+        self.idle_since = None;
+    }
+
+    // === server messages ===
+
+    fn on_server_data(&mut self) -> PgResult<()> {
+        loop {
+            let frame = match self.server().conn.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "protocol violation from the server");
+                    return Err(self.server_lost());
+                }
+            };
+            self.on_server_frame(&frame)?;
+            self.emit_synthetic();
+        }
+    }
+
+    fn on_server_frame(&mut self, frame: &Frame) -> PgResult<()> {
+        use tag::backend as b;
+        match frame.tag {
+            b::DATA_ROW | b::COPY_DATA | b::COPY_DONE | b::COPY_OUT_RESPONSE
+            | b::NOTIFICATION_RESPONSE | b::FUNCTION_CALL_RESPONSE | b::PARAMETER_DESCRIPTION => {
+                self.to_client(frame);
+            }
+            b::COPY_IN_RESPONSE | b::COPY_BOTH_RESPONSE => {
+                self.copy_in = true;
+                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                    // Syncs the client pipelined behind this Execute reach the server during
+                    // COPY and are ignored there; the client sends another after CopyDone.
+                    let head = self.pending.pop_front();
+                    self.pending.retain(|p| !matches!(p, Pending::Sync));
+                    if let Some(head) = head {
+                        self.pending.push_front(head);
+                    }
+                }
+                self.to_client(frame);
+            }
+            b::ROW_DESCRIPTION | b::NO_DATA => {
+                if matches!(self.pending.front(), Some(Pending::Describe)) {
+                    self.pending.pop_front();
+                }
+                self.to_client(frame);
+            }
+            b::PARSE_COMPLETE => {
+                match self.pending.pop_front() {
+                    Some(Pending::Parse { swallow: true, .. }) => {}
+                    Some(Pending::Parse { swallow: false, .. }) => self.to_client(frame),
+                    _ => return Err(self.out_of_step("ParseComplete")),
+                }
+            }
+            b::BIND_COMPLETE => match self.pending.pop_front() {
+                Some(Pending::Bind { .. }) => self.to_client(frame),
+                _ => return Err(self.out_of_step("BindComplete")),
+            },
+            b::CLOSE_COMPLETE => match self.pending.pop_front() {
+                Some(Pending::Close { swallow: true }) => {}
+                Some(Pending::Close { swallow: false }) => self.to_client(frame),
+                _ => return Err(self.out_of_step("CloseComplete")),
+            },
+            b::COMMAND_COMPLETE => {
+                if let BackendMessage::CommandComplete { tag } = BackendMessage::parse(frame)? {
+                    self.note_command(tag);
+                }
+                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                    self.pending.pop_front();
+                }
+                self.to_client(frame);
+            }
+            b::EMPTY_QUERY_RESPONSE | b::PORTAL_SUSPENDED => {
+                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                    self.pending.pop_front();
+                }
+                self.to_client(frame);
+            }
+            b::NOTICE_RESPONSE => {
+                if !matches!(self.pending.front(), Some(Pending::Parse { swallow: true, .. })) {
+                    self.to_client(frame);
+                }
+            }
+            b::PARAMETER_STATUS => {
+                if let BackendMessage::ParameterStatus { name, value } = BackendMessage::parse(frame)? {
+                    self.server().record_parameter(name, value);
+                    if params::is_tracked(name) {
+                        let key = name.to_ascii_lowercase();
+                        self.server().applied.insert(key.clone(), value.to_owned());
+                        self.desired.insert(key, value.to_owned());
+                    }
+                }
+                self.to_client(frame);
+            }
+            b::ERROR_RESPONSE => self.on_server_error(frame)?,
+            b::READY_FOR_QUERY => {
+                let BackendMessage::ReadyForQuery(status) = BackendMessage::parse(frame)? else {
+                    unreachable!("tag checked")
+                };
+                match self.pending.pop_front() {
+                    Some(p) if p.ends_with_ready() => {}
+                    _ => return Err(self.out_of_step("ReadyForQuery")),
+                }
+                self.tx = status;
+                self.copy_in = false;
+                if !self.pending.iter().any(Pending::ends_with_ready) {
+                    self.busy_since = None;
+                }
+                if status != TransactionStatus::Idle && self.pending.is_empty() {
+                    self.idle_since = Some(Instant::now());
+                }
+                self.to_client(frame);
+            }
+            other => {
+                tracing::warn!(tag = %(other as char), "unexpected message from the server");
+                return Err(self.server_lost());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_server_error(&mut self, frame: &Frame) -> PgResult<()> {
+        let BackendMessage::ErrorResponse(fields) = BackendMessage::parse(frame)? else {
+            unreachable!("tag checked")
+        };
+        self.copy_in = false;
+        let code = fields.code().unwrap_or_default();
+        match self.pending.front() {
+            Some(Pending::Parse { name: Some(name), .. }) => {
+                let name = name.clone();
+                self.server().prepared.remove(&name);
+            }
+            Some(Pending::Bind { statement: Some(name) }) => {
+                let name = name.clone();
+                let stale_plan = code == "0A000"
+                    && fields.message().is_some_and(|m| m.contains("cached plan must not change result type"));
+                let server = self.server();
+                if stale_plan {
+                    // Re-prepared (after a Close) the next time a client binds it.
+                    server.prepared.remove(&name);
+                    server.stale.insert(name);
+                } else if code == "26000" {
+                    server.prepared.remove(&name);
+                }
+            }
+            _ => {}
+        }
+        // In the extended protocol the server now skips everything up to the next Sync.
+        if self.pending.front().is_some_and(Pending::is_extended) {
+            while self.pending.front().is_some_and(|p| {
+                p.is_extended() || matches!(p, Pending::Synthetic(_) | Pending::SyntheticReady)
+            }) {
+                if let Some(Pending::Parse { name: Some(name), .. }) = self.pending.pop_front() {
+                    self.server().prepared.remove(&name);
+                }
+            }
+        }
+        self.to_client(frame);
+        Ok(())
+    }
+
+    /// Learns from command tags what the statement left behind on the server connection.
+    fn note_command(&mut self, tag: &str) {
+        match tag {
+            "SET" | "RESET" | "LISTEN" | "DECLARE CURSOR" | "CREATE TABLE" | "SET CONSTRAINTS" => {
+                self.dirty.session = true;
+            }
+            "PREPARE" => self.dirty.prepared = true,
+            "DEALLOCATE ALL" | "DISCARD ALL" => {
+                let server = self.server();
+                server.prepared.clear();
+                server.stale.clear();
+                if tag == "DISCARD ALL" {
+                    server.applied.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn to_client(&mut self, frame: &Frame) {
+        self.client.wbuf.extend_from_slice(frame.raw());
+    }
+
+    fn emit_synthetic(&mut self) {
+        loop {
+            match self.pending.front() {
+                Some(Pending::Synthetic(reply)) => {
+                    self.client.wbuf.extend_from_slice(reply);
+                }
+                Some(Pending::SyntheticReady) => {
+                    encode::ready_for_query(&mut self.client.wbuf, self.tx);
+                }
+                _ => return,
+            }
+            self.pending.pop_front();
+        }
+    }
+
+    fn out_of_step(&mut self, what: &'static str) -> PgError {
+        tracing::error!(message = what, pending = ?self.pending.front(), "server reply out of step with requests");
+        if let Some(held) = self.held.take() {
+            held.discard();
+        }
+        PgError::Unexpected(what)
+    }
+
+    fn server_lost(&mut self) -> PgError {
+        if let Some(held) = self.held.take() {
+            self.cancel.detach();
+            // After a restart every idle connection is dead too.
+            held.pool().close_idle();
+            held.discard();
+        }
+        PgError::UpstreamLost
+    }
+
+    // === holding and releasing servers ===
+
+    async fn ensure_server(&mut self) -> PgResult<()> {
+        if self.held.is_some() {
+            return Ok(());
+        }
+        if self.drain_deadline.is_some() {
+            return Err(PgError::ShuttingDown);
+        }
+        let mut checkout = loop {
+            let mut checkout = self.pool.checkout().await?;
+            if is_alive(&mut checkout.server().conn) {
+                break checkout;
+            }
+            checkout.discard();
+        };
+        if let Some(sql) = params::sync_sql(&checkout.server().applied, &self.desired) {
+            let outcome = housekeeping(checkout.server(), &sql).await;
+            match outcome {
+                Ok(None) => checkout.server().applied = self.desired.clone(),
+                Ok(Some(e)) => {
+                    checkout.release();
+                    return Err(e);
+                }
+                Err(e) => {
+                    checkout.discard();
+                    return Err(e);
+                }
+            }
+        }
+        self.cancel.attach(checkout.server().cancel.clone());
+        self.held = Some(checkout);
+        Ok(())
+    }
+
+    /// In transaction mode, gives the server back as soon as the transaction is over.
+    async fn maybe_release(&mut self) -> PgResult<()> {
+        let Some(held) = self.held.as_mut() else { return Ok(()) };
+        let done = self.pending.is_empty()
+            && !self.batch_open
+            && !self.copy_in
+            && self.tx == TransactionStatus::Idle
+            && held.server().conn.wbuf.is_empty();
+        if !done || self.mode == PoolMode::Session {
+            return Ok(());
+        }
+        self.release(false).await;
+        if self.drain_deadline.is_some() {
+            return Err(PgError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Returns the held server to the pool, resetting what the client left on it, or closes it
+    /// when its state cannot be vouched for.
+    async fn release(&mut self, full_reset: bool) {
+        let Some(mut checkout) = self.held.take() else { return };
+        let cancelled = self.cancel.detach();
+        if cancelled {
+            tracing::debug!("closing a server connection a cancel was sent to");
+            return checkout.discard();
+        }
+        let server = checkout.server();
+        let too_many = server.prepared.len() > MAX_SERVER_STATEMENTS;
+        let dirty = std::mem::take(&mut self.dirty);
+        if full_reset || dirty.session || dirty.prepared || too_many {
+            let mut sql = String::from(RESET_SQL);
+            if dirty.prepared || too_many {
+                sql.push_str("; DEALLOCATE ALL");
+            }
+            match housekeeping(server, &sql).await {
+                Ok(None) => {
+                    server.applied.clear();
+                    if dirty.prepared || too_many {
+                        server.prepared.clear();
+                        server.stale.clear();
+                    }
+                }
+                Ok(Some(e)) | Err(e) => {
+                    tracing::warn!(error = %e, "server reset failed; closing the connection");
+                    return checkout.discard();
+                }
+            }
+        }
+        checkout.release();
+    }
+
+    /// At the end of the session: a server left in a transaction is rolled back and reset, one
+    /// in the middle of a reply is closed.
+    async fn give_back_server(&mut self, clean_exit: bool) {
+        let Some(held) = self.held.as_mut() else { return };
+        if !self.pending.is_empty() || self.copy_in || !held.server().conn.wbuf.is_empty() {
+            if let Some(held) = self.held.take() {
+                self.cancel.detach();
+                held.discard();
+            }
+            return;
+        }
+        let in_tx = self.tx != TransactionStatus::Idle;
+        if in_tx {
+            match housekeeping(held.server(), "ROLLBACK").await {
+                Ok(_) => self.tx = TransactionStatus::Idle,
+                Err(_) => {
+                    if let Some(held) = self.held.take() {
+                        self.cancel.detach();
+                        held.discard();
+                    }
+                    return;
+                }
+            }
+        }
+        let full = in_tx || !clean_exit || self.mode == PoolMode::Session;
+        self.release(full).await;
+    }
+
+    // === time ===
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let pg = &self.shared.config.postgres;
+        let query = (!pg.query_timeout.is_zero() && !self.timeout_cancel_sent)
+            .then(|| self.busy_since.map(|t| t + pg.query_timeout))
+            .flatten();
+        let idle = (!pg.idle_transaction_timeout.is_zero() && self.held.is_some())
+            .then(|| self.idle_since.map(|t| t + pg.idle_transaction_timeout))
+            .flatten();
+        [query, idle, self.drain_deadline].into_iter().flatten().min()
+    }
+
+    async fn on_deadline(&mut self) -> PgResult<()> {
+        let now = Instant::now();
+        if self.drain_deadline.is_some_and(|d| d <= now) {
+            return Err(PgError::ShuttingDown);
+        }
+        let pg = &self.shared.config.postgres;
+        if self.idle_since.is_some_and(|t| t + pg.idle_transaction_timeout <= now)
+            && !pg.idle_transaction_timeout.is_zero()
+        {
+            tracing::info!("idle-in-transaction timeout: rolling back and closing the client");
+            return Err(PgError::IdleTransactionTimeout);
+        }
+        if self.busy_since.is_some_and(|t| t + pg.query_timeout <= now) && !pg.query_timeout.is_zero() {
+            self.timeout_cancel_sent = true;
+            if let Some(target) = self.cancel.cancel_own() {
+                tracing::info!("query_timeout: cancelling the running query");
+                let upstream = self.pool.upstream().clone();
+                tokio::spawn(async move {
+                    if let Err(e) = upstream.cancel(&target).await {
+                        tracing::warn!(error = %e, "cannot send cancel request");
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn start_drain(&mut self) -> PgResult<()> {
+        if self.held.is_none() {
+            return Err(PgError::ShuttingDown);
+        }
+        self.drain_deadline = Some(Instant::now() + self.shared.config.process.shutdown_grace);
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether an idle server connection still looks usable: one Postgres has closed (or sent a
+/// FATAL to, as on shutdown) is readable while idle.
+fn is_alive(conn: &mut Conn) -> bool {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut fill = std::pin::pin!(conn.fill());
+    matches!(fill.as_mut().poll(&mut cx), Poll::Pending)
+}
+
+/// Runs a query of Sentinel's own on a server with nothing in flight and reads it to its end.
+/// Returns the first error Postgres reported, if any.
+async fn housekeeping(server: &mut ServerConn, sql: &str) -> PgResult<Option<PgError>> {
+    let run = async {
+        encode::query(&mut server.conn.wbuf, sql);
+        server.conn.flush().await.map_err(|_| PgError::UpstreamLost)?;
+        let mut first_error = None;
+        loop {
+            let frame = server.conn.read_frame().await.map_err(|e| match e {
+                ReadError::Wire(w) => PgError::Protocol(w),
+                ReadError::Io(_) | ReadError::Eof => PgError::UpstreamLost,
+            })?;
+            match BackendMessage::parse(&frame)? {
+                BackendMessage::ParameterStatus { name, value } => {
+                    server.record_parameter(name, value);
+                }
+                BackendMessage::ErrorResponse(e) if first_error.is_none() => {
+                    first_error = Some(PgError::Server {
+                        code: e.code().unwrap_or("XX000").to_owned(),
+                        message: e.message().unwrap_or("error").to_owned(),
+                    });
+                }
+                BackendMessage::ReadyForQuery(status) => {
+                    if status != TransactionStatus::Idle {
+                        return Err(PgError::Unexpected("transaction left open by housekeeping"));
+                    }
+                    return Ok(first_error);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(HOUSEKEEPING_TIMEOUT, run).await.map_err(|_| PgError::UpstreamLost)?
+}

@@ -1,0 +1,388 @@
+//! `sentinel.toml` for tests.
+//!
+//! Tests describe the Sentinel they need in a line
+//! (`SentinelConfig::new(&pg).user("app", Auth::Scram("pw"), "app").pool_size(4)`) and get the
+//! TOML of `deploy/sentinel.example.toml` with every option spelled out, so a test never depends
+//! on a default it did not see. Server passwords never appear in the TOML: like in production they
+//! travel in environment variables, which [`SentinelConfig::env`] lists and
+//! [`SentinelProcess::start_with`](crate::sentinel::SentinelProcess::start_with) passes on.
+//!
+//! Options this builder does not know yet can be set with [`SentinelConfig::option`] (a key of an
+//! existing table) or [`SentinelConfig::extra_toml`] (whole new tables), so new features can be
+//! tested before the builder grows a method for them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::pg::{PgCluster, TestDb};
+use crate::sentinel::free_port;
+
+/// How a client authenticates to Sentinel as a configured user.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    /// `auth = "trust"` (only from `trust_networks`).
+    Trust,
+    /// `auth = "scram-sha-256"` with a verifier computed here from this client password.
+    Scram(&'a str),
+    /// `auth = "scram-sha-256"` with this ready-made verifier (`SCRAM-SHA-256$...`).
+    Verifier(&'a str),
+}
+
+/// `pool_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A server connection is held for one transaction (the default).
+    Transaction,
+    /// A server connection is held for the whole client session.
+    Session,
+}
+
+impl PoolMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// One `[[postgres.users]]` entry.
+#[derive(Debug, Clone)]
+struct User {
+    name: String,
+    /// `None` for trust, else the SCRAM verifier.
+    scram_verifier: Option<String>,
+    server_user: String,
+    server_password_env: Option<String>,
+    server_password_file: Option<PathBuf>,
+}
+
+/// Builds a `sentinel.toml`; see the module docs. Every setter consumes and returns the builder.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    listen_port: u16,
+    upstream_host: String,
+    upstream_port: u16,
+    /// (table, key) -> raw TOML value, e.g. ("postgres", "pool_size") -> "20".
+    options: BTreeMap<(String, String), String>,
+    users: Vec<User>,
+    env: Vec<(String, String)>,
+    extra: String,
+}
+
+/// Renders a duration the way the config expects: `"5s"`, `"250ms"`, `"0s"`.
+pub fn duration_str(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+impl SentinelConfig {
+    /// A config whose upstream is `pg`, listening on a fresh free port on 127.0.0.1, with the
+    /// defaults of `deploy/sentinel.example.toml` except a 5s shutdown grace (tests should not
+    /// wait 30s) and no users.
+    pub fn new(pg: &PgCluster) -> Self {
+        Self::with_upstream("127.0.0.1", pg.port())
+    }
+
+    /// Like [`new`](Self::new) for any upstream address.
+    pub fn with_upstream(host: &str, port: u16) -> Self {
+        let mut cfg = Self {
+            listen_port: free_port(),
+            upstream_host: host.to_owned(),
+            upstream_port: port,
+            options: BTreeMap::new(),
+            users: Vec::new(),
+            env: Vec::new(),
+            extra: String::new(),
+        };
+        let defaults: &[(&str, &str, &str)] = &[
+            ("process", "threads", "2"),
+            ("process", "shutdown_grace", "\"5s\""),
+            ("postgres", "pool_mode", "\"transaction\""),
+            ("postgres", "max_client_conn", "1000"),
+            ("postgres", "pool_size", "20"),
+            ("postgres", "min_pool_size", "0"),
+            ("postgres", "pool_wait_timeout", "\"5s\""),
+            ("postgres", "server_connect_timeout", "\"5s\""),
+            ("postgres", "server_lifetime", "\"1h\""),
+            ("postgres", "server_idle_timeout", "\"10m\""),
+            ("postgres", "query_timeout", "\"0s\""),
+            ("postgres", "idle_transaction_timeout", "\"0s\""),
+            ("postgres", "client_login_timeout", "\"15s\""),
+            ("postgres", "max_message_bytes", "33554432"),
+            (
+                "postgres",
+                "trust_networks",
+                "[\"127.0.0.1/32\", \"::1/128\"]",
+            ),
+            ("postgres.upstream", "tls", "\"disable\""),
+        ];
+        for (table, key, value) in defaults {
+            cfg = cfg.option(table, key, value);
+        }
+        cfg
+    }
+
+    /// Sets `key = <raw TOML value>` in `[table]` (`process`, `postgres`, `postgres.upstream`;
+    /// not `postgres.users`). Overrides the builder's own value for that key.
+    pub fn option(mut self, table: &str, key: &str, raw_toml_value: &str) -> Self {
+        self.options.insert(
+            (table.to_owned(), key.to_owned()),
+            raw_toml_value.to_owned(),
+        );
+        self
+    }
+
+    fn duration_option(self, table: &str, key: &str, d: Duration) -> Self {
+        let value = toml_str(&duration_str(d));
+        self.option(table, key, &value)
+    }
+
+    /// Appends raw TOML after everything else (for whole new tables such as a future `[admin]`).
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra.push('\n');
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// The Postgres listen port (default: a free port picked by [`new`](Self::new)).
+    pub fn listen_port(mut self, port: u16) -> Self {
+        self.listen_port = port;
+        self
+    }
+
+    /// `[process] threads`.
+    pub fn threads(self, n: u32) -> Self {
+        self.option("process", "threads", &n.to_string())
+    }
+
+    /// `[process] shutdown_grace`.
+    pub fn shutdown_grace(self, d: Duration) -> Self {
+        self.duration_option("process", "shutdown_grace", d)
+    }
+
+    /// `pool_mode`.
+    pub fn pool_mode(self, mode: PoolMode) -> Self {
+        let value = toml_str(mode.as_str());
+        self.option("postgres", "pool_mode", &value)
+    }
+
+    /// `pool_size`.
+    pub fn pool_size(self, n: u32) -> Self {
+        self.option("postgres", "pool_size", &n.to_string())
+    }
+
+    /// `min_pool_size`.
+    pub fn min_pool_size(self, n: u32) -> Self {
+        self.option("postgres", "min_pool_size", &n.to_string())
+    }
+
+    /// `max_client_conn`.
+    pub fn max_client_conn(self, n: u32) -> Self {
+        self.option("postgres", "max_client_conn", &n.to_string())
+    }
+
+    /// `pool_wait_timeout`.
+    pub fn pool_wait_timeout(self, d: Duration) -> Self {
+        self.duration_option("postgres", "pool_wait_timeout", d)
+    }
+
+    /// `server_connect_timeout`.
+    pub fn server_connect_timeout(self, d: Duration) -> Self {
+        self.duration_option("postgres", "server_connect_timeout", d)
+    }
+
+    /// `server_lifetime`.
+    pub fn server_lifetime(self, d: Duration) -> Self {
+        self.duration_option("postgres", "server_lifetime", d)
+    }
+
+    /// `server_idle_timeout`.
+    pub fn server_idle_timeout(self, d: Duration) -> Self {
+        self.duration_option("postgres", "server_idle_timeout", d)
+    }
+
+    /// `query_timeout` (`Duration::ZERO` switches it off).
+    pub fn query_timeout(self, d: Duration) -> Self {
+        self.duration_option("postgres", "query_timeout", d)
+    }
+
+    /// `idle_transaction_timeout` (`Duration::ZERO` switches it off).
+    pub fn idle_transaction_timeout(self, d: Duration) -> Self {
+        self.duration_option("postgres", "idle_transaction_timeout", d)
+    }
+
+    /// `client_login_timeout`.
+    pub fn client_login_timeout(self, d: Duration) -> Self {
+        self.duration_option("postgres", "client_login_timeout", d)
+    }
+
+    /// `max_message_bytes`.
+    pub fn max_message_bytes(self, n: u64) -> Self {
+        self.option("postgres", "max_message_bytes", &n.to_string())
+    }
+
+    /// `trust_networks` (CIDRs).
+    pub fn trust_networks(self, nets: &[&str]) -> Self {
+        let list: Vec<String> = nets.iter().map(|n| toml_str(n)).collect();
+        let value = format!("[{}]", list.join(", "));
+        self.option("postgres", "trust_networks", &value)
+    }
+
+    /// `[postgres.upstream] tls` (`"disable"`, `"prefer"`, `"require"`).
+    pub fn upstream_tls(self, mode: &str) -> Self {
+        let value = toml_str(mode);
+        self.option("postgres.upstream", "tls", &value)
+    }
+
+    /// Adds a `[[postgres.users]]` entry: clients log in as `name` with `auth`; Sentinel logs in
+    /// to Postgres as `server_user`, without a password unless
+    /// [`server_password`](Self::server_password) or
+    /// [`server_password_env`](Self::server_password_env) follows.
+    pub fn user(mut self, name: &str, auth: Auth<'_>, server_user: &str) -> Self {
+        let scram_verifier = match auth {
+            Auth::Trust => None,
+            Auth::Scram(password) => Some(scram_verifier(password)),
+            Auth::Verifier(v) => Some(v.to_owned()),
+        };
+        self.users.push(User {
+            name: name.to_owned(),
+            scram_verifier,
+            server_user: server_user.to_owned(),
+            server_password_env: None,
+            server_password_file: None,
+        });
+        self
+    }
+
+    /// Adds a user for a [`TestDb`]: clients log in as its role with `auth`, and Sentinel logs
+    /// in to Postgres as that role with its password (passed in an environment variable).
+    pub fn user_for(self, db: &TestDb, auth: Auth<'_>) -> Self {
+        self.user(&db.role, auth, &db.role)
+            .server_password(&db.password)
+    }
+
+    /// The last added user's server password: stored in a generated environment variable that
+    /// [`env`](Self::env) lists, and named in `server_password_env`.
+    pub fn server_password(mut self, password: &str) -> Self {
+        let var = format!("SENTINEL_TEST_SERVER_PASSWORD_{}", self.users.len());
+        self.env.push((var.clone(), password.to_owned()));
+        self.server_password_env(&var)
+    }
+
+    /// The last added user's `server_password_env` (the test supplies the variable itself).
+    pub fn server_password_env(mut self, var: &str) -> Self {
+        if let Some(user) = self.users.last_mut() {
+            user.server_password_env = Some(var.to_owned());
+        }
+        self
+    }
+
+    /// The last added user's `server_password_file`.
+    pub fn server_password_file(mut self, path: &Path) -> Self {
+        if let Some(user) = self.users.last_mut() {
+            user.server_password_file = Some(path.to_owned());
+        }
+        self
+    }
+
+    /// Adds an environment variable for the Sentinel process (e.g. `SENTINEL_MASTER_KEY`).
+    pub fn env_var(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The Postgres listen port.
+    pub fn port(&self) -> u16 {
+        self.listen_port
+    }
+
+    /// Environment variables the Sentinel process needs (server passwords, ...).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let mut out = String::from("# Rendered by sentinel-tests (SentinelConfig).\n");
+        let mut listen = Some(toml_str(&format!("127.0.0.1:{}", self.listen_port)));
+        let upstream = [
+            ("host".to_owned(), toml_str(&self.upstream_host)),
+            ("port".to_owned(), self.upstream_port.to_string()),
+        ];
+        for table in ["process", "postgres", "postgres.upstream"] {
+            let _ = writeln!(out, "\n[{table}]");
+            if table == "postgres"
+                && let Some(listen) = listen.take()
+            {
+                let _ = writeln!(out, "listen = {listen}");
+            }
+            if table == "postgres.upstream" {
+                for (k, v) in &upstream {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
+            }
+            for ((t, k), v) in &self.options {
+                if t == table {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
+            }
+        }
+        // Tables set only through `option` that the builder does not know.
+        let mut other_tables: Vec<&str> = self
+            .options
+            .keys()
+            .map(|(t, _)| t.as_str())
+            .filter(|t| !["process", "postgres", "postgres.upstream"].contains(t))
+            .collect();
+        other_tables.dedup();
+        for table in other_tables {
+            let _ = writeln!(out, "\n[{table}]");
+            for ((t, k), v) in &self.options {
+                if t == table {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
+            }
+        }
+        for user in &self.users {
+            out.push_str("\n[[postgres.users]]\n");
+            let _ = writeln!(out, "name = {}", toml_str(&user.name));
+            match &user.scram_verifier {
+                Some(v) => {
+                    out.push_str("auth = \"scram-sha-256\"\n");
+                    let _ = writeln!(out, "scram_verifier = {}", toml_str(v));
+                }
+                None => out.push_str("auth = \"trust\"\n"),
+            }
+            let _ = writeln!(out, "server_user = {}", toml_str(&user.server_user));
+            if let Some(var) = &user.server_password_env {
+                let _ = writeln!(out, "server_password_env = {}", toml_str(var));
+            }
+            if let Some(path) = &user.server_password_file {
+                let path = path.display().to_string();
+                let _ = writeln!(out, "server_password_file = {}", toml_str(&path));
+            }
+        }
+        out.push_str(&self.extra);
+        out
+    }
+}
+
+/// A SCRAM-SHA-256 verifier (`SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>`) for a
+/// password, with a random salt: the same format Postgres stores and `sentinel scram-verifier`
+/// prints.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
