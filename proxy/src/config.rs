@@ -204,10 +204,10 @@ pub enum PasswordSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Parse { path: PathBuf, error: Box<toml::de::Error> },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
 }
@@ -219,19 +219,17 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         Config::parse(&text)
             .map_err(|e| match e {
-                ConfigError::Parse { source, .. } => {
-                    ConfigError::Parse { path: path.to_owned(), source }
-                }
+                ConfigError::Parse { error, .. } => ConfigError::Parse { path: path.to_owned(), error },
                 other => other,
             })
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), source: Box::new(e) })?;
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), error: Box::new(e) })?;
         config.validate()?;
         Ok(config)
     }

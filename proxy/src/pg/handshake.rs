@@ -66,6 +66,7 @@ pub async fn accept(
                 let mut answer = BytesMut::new();
                 encode::ssl_response(&mut answer, accept.is_some());
                 stream.write_all(&answer).await.map_err(PgError::ClientIo)?;
+                stream.flush().await.map_err(PgError::ClientIo)?;
                 if let Some(acceptor) = accept {
                     let tls = acceptor.accept(stream).await.map_err(PgError::ClientIo)?;
                     stream = Box::new(tls);
@@ -76,6 +77,7 @@ pub async fn accept(
                 let mut answer = BytesMut::new();
                 encode::ssl_response(&mut answer, false);
                 stream.write_all(&answer).await.map_err(PgError::ClientIo)?;
+                stream.flush().await.map_err(PgError::ClientIo)?;
             }
             StartupPacket::Cancel { process_id, secret_key } => {
                 return Ok(Accepted::Cancel { process_id, secret_key });
@@ -105,6 +107,7 @@ async fn refuse(stream: &mut BoxStream, e: PgError) -> PgError {
     let mut out = BytesMut::new();
     e.encode(&mut out, "FATAL");
     let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
     let _ = stream.shutdown().await;
     e
 }
