@@ -50,7 +50,7 @@ step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # The black-box tests run target/<profile>/sentinel as a child process: build it first.
 step "cargo build" cargo build -p sentinel
-step "cargo test" cargo test --workspace
+step "cargo test" cargo test --workspace --no-fail-fast
 step "python tests" python_tests
 
 echo

@@ -11,7 +11,11 @@ use crate::pg::auth::scram::ScramVerifier;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "sentinel", version, about = "Tenant-safe Postgres proxy and budgeted LLM egress sidecar")]
+#[command(
+    name = "sentinel",
+    version,
+    about = "Tenant-safe Postgres proxy and budgeted LLM egress sidecar"
+)]
 struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -40,12 +44,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => {
-            Config::load(&config).map_err(anyhow::Error::from).and_then(crate::app::run).map(|_| ())
-        }
-        Command::CheckConfig { config } => Config::load(&config).map(|_| {
-            eprintln!("{}: ok", config.display());
-        }).map_err(anyhow::Error::from),
+        Command::Run { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(crate::app::run)
+            .map(|_| ()),
+        Command::CheckConfig { config } => Config::load(&config)
+            .map(|_| {
+                eprintln!("{}: ok", config.display());
+            })
+            .map_err(anyhow::Error::from),
         Command::ScramVerifier => scram_verifier(),
     };
     match result {

@@ -33,7 +33,10 @@ pub struct ProcessConfig {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        ProcessConfig { threads: 2, shutdown_grace: Duration::from_secs(30) }
+        ProcessConfig {
+            threads: 2,
+            shutdown_grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -117,7 +120,10 @@ mod defaults {
         32 << 20
     }
     pub fn trust_networks() -> Vec<IpNet> {
-        vec![IpNet::V4(std::net::Ipv4Addr::LOCALHOST.into()), IpNet::V6(std::net::Ipv6Addr::LOCALHOST.into())]
+        vec![
+            IpNet::V4(std::net::Ipv4Addr::LOCALHOST.into()),
+            IpNet::V6(std::net::Ipv6Addr::LOCALHOST.into()),
+        ]
     }
     pub fn upstream_port() -> u16 {
         5432
@@ -160,6 +166,7 @@ pub struct ClientTlsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuth {
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Trust,
 }
@@ -205,31 +212,46 @@ pub enum PasswordSource {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {error}", path.display())]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{}: {error}", path.display())]
-    Parse { path: PathBuf, error: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        error: Box<toml::de::Error>,
+    },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Config::parse(&text)
-            .map_err(|e| match e {
-                ConfigError::Parse { error, .. } => ConfigError::Parse { path: path.to_owned(), error },
-                other => other,
-            })
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { error, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                error,
+            },
+            other => other,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), error: Box::new(e) })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            error: Box::new(e),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -244,25 +266,37 @@ impl Config {
             return Err(invalid("postgres.pool_size", "must be at least 1"));
         }
         if pg.min_pool_size > pg.pool_size {
-            return Err(invalid("postgres.min_pool_size", "must not exceed postgres.pool_size"));
+            return Err(invalid(
+                "postgres.min_pool_size",
+                "must not exceed postgres.pool_size",
+            ));
         }
         if pg.max_client_conn == 0 {
             return Err(invalid("postgres.max_client_conn", "must be at least 1"));
         }
         if pg.max_message_bytes < 1024 || pg.max_message_bytes > (1 << 30) {
-            return Err(invalid("postgres.max_message_bytes", "must be between 1024 and 1 GiB"));
+            return Err(invalid(
+                "postgres.max_message_bytes",
+                "must be between 1024 and 1 GiB",
+            ));
         }
         if pg.pool_wait_timeout.is_zero() {
             return Err(invalid("postgres.pool_wait_timeout", "must be positive"));
         }
         if pg.server_connect_timeout.is_zero() {
-            return Err(invalid("postgres.server_connect_timeout", "must be positive"));
+            return Err(invalid(
+                "postgres.server_connect_timeout",
+                "must be positive",
+            ));
         }
         if pg.upstream.host.is_empty() {
             return Err(invalid("postgres.upstream.host", "must not be empty"));
         }
         if pg.upstream.tls == UpstreamTls::VerifyFull && pg.upstream.ca_file.is_none() {
-            return Err(invalid("postgres.upstream.ca_file", "required with tls = \"verify-full\""));
+            return Err(invalid(
+                "postgres.upstream.ca_file",
+                "required with tls = \"verify-full\"",
+            ));
         }
         if pg.users.is_empty() {
             return Err(invalid("postgres.users", "at least one user is required"));
@@ -274,7 +308,10 @@ impl Config {
                 return Err(invalid(field("name"), "must not be empty"));
             }
             if !seen.insert(user.name.as_str()) {
-                return Err(invalid(field("name"), format!("user {:?} is listed twice", user.name)));
+                return Err(invalid(
+                    field("name"),
+                    format!("user {:?} is listed twice", user.name),
+                ));
             }
             match (user.auth, &user.scram_verifier) {
                 (ClientAuth::ScramSha256, None) => {
@@ -288,7 +325,10 @@ impl Config {
                         .map_err(|e| invalid(field("scram_verifier"), e.to_string()))?;
                 }
                 (ClientAuth::Trust, Some(_)) => {
-                    return Err(invalid(field("scram_verifier"), "not used with auth = \"trust\""));
+                    return Err(invalid(
+                        field("scram_verifier"),
+                        "not used with auth = \"trust\"",
+                    ));
                 }
                 (ClientAuth::Trust, None) => {}
             }
@@ -336,7 +376,10 @@ auth = "trust"
     #[test]
     fn invalid_values_name_the_field() {
         let text = format!("{MINIMAL}\n");
-        let text = text.replace("[postgres.upstream]", "[postgres]\npool_size = 0\n[postgres.upstream]");
+        let text = text.replace(
+            "[postgres.upstream]",
+            "[postgres]\npool_size = 0\n[postgres.upstream]",
+        );
         let err = Config::parse(&text).expect_err("pool_size 0").to_string();
         assert!(err.starts_with("postgres.pool_size"), "{err}");
 

@@ -98,7 +98,7 @@ pub async fn connect_direct(
 }
 
 /// Runs `psql -X -A -t -v ON_ERROR_STOP=1 -c <sql>` against 127.0.0.1:`port` and returns its
-/// output (check `status`; `stdout` has unaligned, tuples-only rows). Runs on a blocking thread.
+/// output (check `status`; `stdout` has unaligned, tuples-only rows).
 pub async fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Result<Output> {
     let mut cmd = tokio::process::Command::new(pg_bin_dir().join("psql"));
     cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])

@@ -241,7 +241,7 @@ impl SentinelConfig {
         self.option("postgres", "trust_networks", &value)
     }
 
-    /// `[postgres.upstream] tls` (`"disable"`, `"prefer"`, `"require"`).
+    /// `[postgres.upstream] tls` (see the example config for the accepted values).
     pub fn upstream_tls(self, mode: &str) -> Self {
         let value = toml_str(mode);
         self.option("postgres.upstream", "tls", &value)

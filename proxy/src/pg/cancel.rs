@@ -45,8 +45,19 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        map.insert(process_id, Entry { secret, target: None, cancelled: false });
-        CancelHandle { registry: self.clone(), process_id, secret }
+        map.insert(
+            process_id,
+            Entry {
+                secret,
+                target: None,
+                cancelled: false,
+            },
+        );
+        CancelHandle {
+            registry: self.clone(),
+            process_id,
+            secret,
+        }
     }
 
     /// Looks up a CancelRequest. Returns where to forward it, if the key is right and the
@@ -125,15 +136,30 @@ mod tests {
     fn cancel_reaches_only_the_attached_server() {
         let registry = Arc::new(CancelRegistry::default());
         let client = registry.register();
-        assert!(registry.request(client.process_id, &client.secret).is_none(), "nothing attached");
+        assert!(
+            registry
+                .request(client.process_id, &client.secret)
+                .is_none(),
+            "nothing attached"
+        );
         client.attach(target(42));
         let mut wrong = client.secret;
         wrong[0] ^= 1;
-        assert!(registry.request(client.process_id, &wrong).is_none(), "wrong secret");
-        let hit = registry.request(client.process_id, &client.secret).expect("forwarded");
+        assert!(
+            registry.request(client.process_id, &wrong).is_none(),
+            "wrong secret"
+        );
+        let hit = registry
+            .request(client.process_id, &client.secret)
+            .expect("forwarded");
         assert_eq!(hit.process_id, 42);
         assert!(client.detach(), "a cancelled server is not reused");
-        assert!(registry.request(client.process_id, &client.secret).is_none(), "detached");
+        assert!(
+            registry
+                .request(client.process_id, &client.secret)
+                .is_none(),
+            "detached"
+        );
         client.attach(target(43));
         assert!(!client.detach(), "no cancel this time");
     }

@@ -85,10 +85,12 @@ impl PgError {
 
     fn hint(&self) -> Option<&'static str> {
         match self {
-            PgError::PoolTimeout(_) => {
-                Some("all server connections are busy: raise postgres.pool_size or shorten transactions")
+            PgError::PoolTimeout(_) => Some(
+                "all server connections are busy: raise postgres.pool_size or shorten transactions",
+            ),
+            PgError::TooManyClients(_) => {
+                Some("raise postgres.max_client_conn or use fewer connections")
             }
-            PgError::TooManyClients(_) => Some("raise postgres.max_client_conn or use fewer connections"),
             _ => None,
         }
     }
@@ -96,7 +98,13 @@ impl PgError {
     /// Writes the ErrorResponse the client gets: `FATAL` when the connection ends with it,
     /// `ERROR` when the client may go on.
     pub fn encode(&self, buf: &mut BytesMut, severity: &str) {
-        encode::error_response(buf, severity, self.sqlstate(), &self.to_string(), self.hint());
+        encode::error_response(
+            buf,
+            severity,
+            self.sqlstate(),
+            &self.to_string(),
+            self.hint(),
+        );
     }
 }
 

@@ -54,13 +54,19 @@ pub async fn accept(
         };
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest if encrypted => {
-                return Err(refuse(&mut stream, PgError::Unexpected("second encryption request")).await);
+                return Err(refuse(
+                    &mut stream,
+                    PgError::Unexpected("second encryption request"),
+                )
+                .await);
             }
             StartupPacket::SslRequest => {
                 // Bytes sent after the request but before the handshake would be read as if
                 // they had been encrypted: refuse them (the CVE-2021-23222 class of bug).
                 if !buf.is_empty() {
-                    return Err(refuse(&mut stream, PgError::Unexpected("data after SSLRequest")).await);
+                    return Err(
+                        refuse(&mut stream, PgError::Unexpected("data after SSLRequest")).await,
+                    );
                 }
                 let accept = shared.tls.clone();
                 let mut answer = BytesMut::new();
@@ -79,8 +85,14 @@ pub async fn accept(
                 stream.write_all(&answer).await.map_err(PgError::ClientIo)?;
                 stream.flush().await.map_err(PgError::ClientIo)?;
             }
-            StartupPacket::Cancel { process_id, secret_key } => {
-                return Ok(Accepted::Cancel { process_id, secret_key });
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                return Ok(Accepted::Cancel {
+                    process_id,
+                    secret_key,
+                });
             }
             StartupPacket::Startup { minor, params } => break (minor, params),
         }
@@ -89,9 +101,18 @@ pub async fn accept(
     let mut conn = Conn::new(stream, shared.config.postgres.max_message_bytes);
     conn.rbuf = buf;
     match login(&mut conn, minor, &startup, peer, shared).await {
-        Ok(ClientParams { user, server_user, database, params }) => {
-            Ok(Accepted::Login(Box::new(ClientLogin { conn, user, server_user, database, params })))
-        }
+        Ok(ClientParams {
+            user,
+            server_user,
+            database,
+            params,
+        }) => Ok(Accepted::Login(Box::new(ClientLogin {
+            conn,
+            user,
+            server_user,
+            database,
+            params,
+        }))),
         Err(e) => {
             if !matches!(e, PgError::ClientIo(_)) {
                 e.encode(&mut conn.wbuf, "FATAL");
@@ -122,8 +143,11 @@ async fn login(
     let login = read_startup(startup, shared)?;
 
     // Sentinel speaks protocol 3.0 and no `_pq_` extensions; say so, as Postgres does.
-    let extensions: Vec<&str> =
-        startup.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
+    let extensions: Vec<&str> = startup
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
     if minor > 0 || !extensions.is_empty() {
         encode::negotiate_protocol_version(&mut conn.wbuf, 0, &extensions);
     }
@@ -146,9 +170,14 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
         .ok_or_else(|| PgError::InvalidParameter("no user name given".into()))?
         .to_owned();
     if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err(PgError::FeatureNotSupported("replication connections are not supported"));
+        return Err(PgError::FeatureNotSupported(
+            "replication connections are not supported",
+        ));
     }
-    let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
     let mut params = BTreeMap::new();
     for (name, value) in startup {
         if CONNECTION_PARAMS.contains(&name.as_str()) || name.starts_with("_pq_.") {
@@ -166,18 +195,27 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
         .get(&user)
         .map(|u| u.config.server_user().to_owned())
         .unwrap_or_else(|| user.clone());
-    Ok(ClientParams { user, server_user, database, params })
+    Ok(ClientParams {
+        user,
+        server_user,
+        database,
+        params,
+    })
 }
 
 /// Setting names end up in `SET` statements: allow only what Postgres names look like.
 fn checked_name(name: &str) -> PgResult<String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if ok {
         Ok(name.to_ascii_lowercase())
     } else {
-        Err(PgError::InvalidParameter(format!("invalid parameter name {name:?}")))
+        Err(PgError::InvalidParameter(format!(
+            "invalid parameter name {name:?}"
+        )))
     }
 }
 
@@ -205,11 +243,15 @@ fn parse_options(options: &str) -> PgResult<Vec<(String, String)>> {
     let mut words = words.into_iter();
     while let Some(w) = words.next() {
         let setting = if w == "-c" {
-            words.next().ok_or_else(|| PgError::InvalidParameter("-c without a setting".into()))?
+            words
+                .next()
+                .ok_or_else(|| PgError::InvalidParameter("-c without a setting".into()))?
         } else if let Some(s) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
             s.to_owned()
         } else {
-            return Err(PgError::InvalidParameter(format!("unsupported option {w:?}")));
+            return Err(PgError::InvalidParameter(format!(
+                "unsupported option {w:?}"
+            )));
         };
         let (name, value) = setting
             .split_once('=')
@@ -229,10 +271,17 @@ async fn authenticate(
     match entry.map(|e| e.config.auth) {
         Some(ClientAuth::Trust) => {
             let trusted = peer.is_some_and(|ip| {
-                shared.config.postgres.trust_networks.iter().any(|net| net.contains(&ip))
+                shared
+                    .config
+                    .postgres
+                    .trust_networks
+                    .iter()
+                    .any(|net| net.contains(&ip))
             });
             if !trusted {
-                return Err(PgError::TrustRefused { user: user.to_owned() });
+                return Err(PgError::TrustRefused {
+                    user: user.to_owned(),
+                });
             }
         }
         Some(ClientAuth::ScramSha256) | None => {
@@ -263,7 +312,9 @@ async fn scram_exchange(
     let frame = read_password_message(conn).await?;
     let (mechanism, first) = parse_sasl_initial_response(frame.body())?;
     if mechanism != ScramServer::MECHANISM {
-        return Err(PgError::FeatureNotSupported("only SCRAM-SHA-256 is supported"));
+        return Err(PgError::FeatureNotSupported(
+            "only SCRAM-SHA-256 is supported",
+        ));
     }
     let server_first = server.client_first(first).map_err(|_| failed())?;
     encode::auth_sasl_continue(&mut conn.wbuf, &server_first);
@@ -285,7 +336,9 @@ async fn read_password_message(conn: &mut Conn) -> PgResult<sentinel_wire::Frame
         ReadError::Eof => PgError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()),
     })?;
     if frame.tag != tag::frontend::PASSWORD {
-        return Err(PgError::Unexpected("non-password message during authentication"));
+        return Err(PgError::Unexpected(
+            "non-password message during authentication",
+        ));
     }
     Ok(frame)
 }

@@ -51,10 +51,17 @@ impl PgShared {
         let upstream_tls = match pg.upstream.tls {
             UpstreamTls::Disable => None,
             UpstreamTls::VerifyFull => {
-                let ca = pg.upstream.ca_file.as_deref().context("postgres.upstream.ca_file")?;
+                let ca = pg
+                    .upstream
+                    .ca_file
+                    .as_deref()
+                    .context("postgres.upstream.ca_file")?;
                 let name = rustls::pki_types::ServerName::try_from(pg.upstream.host.clone())
                     .context("postgres.upstream.host is not a valid TLS server name")?;
-                Some((tls::client_config(ca).context("postgres.upstream.ca_file")?, name))
+                Some((
+                    tls::client_config(ca).context("postgres.upstream.ca_file")?,
+                    name,
+                ))
             }
         };
         let upstream = server::Upstream {
@@ -79,7 +86,10 @@ impl PgShared {
             };
             users.insert(
                 user.name.clone(),
-                Arc::new(handshake::UserEntry { config: user.clone(), verifier }),
+                Arc::new(handshake::UserEntry {
+                    config: user.clone(),
+                    verifier,
+                }),
             );
         }
         let mut fake_secret = [0u8; 32];

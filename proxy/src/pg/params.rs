@@ -30,7 +30,11 @@ pub fn sync_sql(
     let mut sql = String::new();
     for (name, value) in desired {
         if applied.get(name) != Some(value) {
-            sql.push_str(&format!("SET {} = {};", quote_ident(name), quote_literal(value)));
+            sql.push_str(&format!(
+                "SET {} = {};",
+                quote_ident(name),
+                quote_literal(value)
+            ));
         }
     }
     for name in applied.keys().filter(|k| !desired.contains_key(*k)) {
@@ -41,7 +45,10 @@ pub fn sync_sql(
 
 /// A setting name; `a.b` custom settings are quoted part by part.
 fn quote_ident(name: &str) -> String {
-    name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// An escape-string literal: correct whatever standard_conforming_strings is.
@@ -54,7 +61,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

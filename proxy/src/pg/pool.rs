@@ -60,7 +60,9 @@ pub struct Checkout {
 
 impl Checkout {
     pub fn server(&mut self) -> &mut ServerConn {
-        self.server.as_mut().expect("a checkout holds its server until released")
+        self.server
+            .as_mut()
+            .expect("a checkout holds its server until released")
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -127,9 +129,11 @@ impl Pool {
     /// Waits up to `pool_wait_timeout` for a slot, then reuses an idle connection or opens one.
     pub async fn checkout(self: &Arc<Self>) -> PgResult<Checkout> {
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit =
-            tokio::time::timeout(self.settings.wait_timeout, self.slots.clone().acquire_owned())
-                .await;
+        let permit = tokio::time::timeout(
+            self.settings.wait_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         let permit = match permit {
             Ok(Ok(permit)) => permit,
@@ -145,7 +149,11 @@ impl Pool {
             Some(server) => server,
             None => self.open().await?,
         };
-        Ok(Checkout { server: Some(server), pool: self.clone(), _permit: permit })
+        Ok(Checkout {
+            server: Some(server),
+            pool: self.clone(),
+            _permit: permit,
+        })
     }
 
     fn take_idle(&self) -> Option<ServerConn> {
@@ -184,7 +192,9 @@ impl Pool {
             old.into_iter().for_each(close);
         }
         while self.idle_count() < self.settings.min_size {
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
             match self.open().await {
                 Ok(server) => self.idle.lock().push(server),
                 Err(e) => {
@@ -201,7 +211,7 @@ impl Pool {
     }
 
     pub fn active_count(&self) -> usize {
-        self.settings.size - self.slots.available_permits() 
+        self.settings.size - self.slots.available_permits()
     }
 
     /// Closes every idle connection (used when the upstream has been seen to restart).
@@ -220,16 +230,28 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(upstream: Upstream, settings: PoolSettings) -> Self {
-        Pools { upstream, settings, map: Mutex::new(HashMap::new()) }
+        Pools {
+            upstream,
+            settings,
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn get(&self, login: &Login) -> Arc<Pool> {
-        let key = PoolKey { database: login.database.clone(), server_user: login.user.clone() };
+        let key = PoolKey {
+            database: login.database.clone(),
+            server_user: login.user.clone(),
+        };
         self.map
             .lock()
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Pool::new(key, login.clone(), self.upstream.clone(), self.settings.clone()))
+                Arc::new(Pool::new(
+                    key,
+                    login.clone(),
+                    self.upstream.clone(),
+                    self.settings.clone(),
+                ))
             })
             .clone()
     }

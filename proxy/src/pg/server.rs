@@ -27,7 +27,10 @@ static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Upstream {
     pub host: String,
     pub port: u16,
-    pub tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub connect_timeout: Duration,
     pub max_message: usize,
 }
@@ -91,9 +94,11 @@ impl Upstream {
     }
 
     async fn open_stream(&self) -> PgResult<BoxStream> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| {
-            PgError::UpstreamUnreachable(format!("{}:{}: {e}", self.host, self.port))
-        })?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| {
+                PgError::UpstreamUnreachable(format!("{}:{}: {e}", self.host, self.port))
+            })?;
         let _ = tcp.set_nodelay(true);
         let Some((config, name)) = &self.tls else {
             return Ok(Box::new(tcp));
@@ -124,7 +129,9 @@ impl Upstream {
             &mut conn.wbuf,
             &[("user", &login.user), ("database", &login.database)],
         );
-        conn.flush().await.map_err(|e| PgError::UpstreamUnreachable(e.to_string()))?;
+        conn.flush()
+            .await
+            .map_err(|e| PgError::UpstreamUnreachable(e.to_string()))?;
 
         let mut reported = HashMap::new();
         let mut key = None;
@@ -160,9 +167,7 @@ impl Upstream {
                         scram = Some(client);
                     }
                     AuthRequest::SaslContinue(data) => {
-                        let client = scram
-                            .as_mut()
-                            .ok_or(PgError::Unexpected("SASLContinue"))?;
+                        let client = scram.as_mut().ok_or(PgError::Unexpected("SASLContinue"))?;
                         client
                             .update(data)
                             .map_err(|e| PgError::UpstreamLogin(format!("SCRAM: {e}")))?;
@@ -183,7 +188,10 @@ impl Upstream {
                 BackendMessage::ParameterStatus { name, value } => {
                     reported.insert(name.to_owned(), value.to_owned());
                 }
-                BackendMessage::BackendKeyData { process_id, secret_key } => {
+                BackendMessage::BackendKeyData {
+                    process_id,
+                    secret_key,
+                } => {
                     key = Some((process_id, Bytes::copy_from_slice(secret_key)));
                 }
                 BackendMessage::ErrorResponse(e) => {
@@ -198,10 +206,13 @@ impl Upstream {
                 | BackendMessage::NegotiateProtocolVersion { .. } => {}
                 _ => return Err(PgError::Unexpected("login-phase")),
             }
-            conn.flush().await.map_err(|e| PgError::UpstreamUnreachable(e.to_string()))?;
+            conn.flush()
+                .await
+                .map_err(|e| PgError::UpstreamUnreachable(e.to_string()))?;
         }
-        let (process_id, secret_key) =
-            key.ok_or(PgError::UpstreamLogin("server sent no BackendKeyData".into()))?;
+        let (process_id, secret_key) = key.ok_or(PgError::UpstreamLogin(
+            "server sent no BackendKeyData".into(),
+        ))?;
         let now = Instant::now();
         Ok(ServerConn {
             conn,

@@ -39,7 +39,11 @@ impl Drop for ClientSlot<'_> {
 
 #[async_trait]
 impl ServerApp for PgService {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
@@ -49,23 +53,36 @@ impl ServerApp for PgService {
             user = tracing::field::Empty,
             database = tracing::field::Empty,
         );
-        self.serve(Box::new(stream), peer, shutdown.clone()).instrument(span).await;
+        self.serve(Box::new(stream), peer, shutdown.clone())
+            .instrument(span)
+            .await;
         None
     }
 }
 
 impl PgService {
-    async fn serve(&self, stream: super::conn::BoxStream, peer: Option<IpAddr>, shutdown: ShutdownWatch) {
+    async fn serve(
+        &self,
+        stream: super::conn::BoxStream,
+        peer: Option<IpAddr>,
+        shutdown: ShutdownWatch,
+    ) {
         let shared = &self.shared;
         let pg = &shared.config.postgres;
         let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
         let _slot = ClientSlot(shared);
-        let accepted = tokio::time::timeout(pg.client_login_timeout, handshake::accept(stream, peer, shared))
-            .await
-            .unwrap_or(Err(PgError::LoginTimeout));
+        let accepted = tokio::time::timeout(
+            pg.client_login_timeout,
+            handshake::accept(stream, peer, shared),
+        )
+        .await
+        .unwrap_or(Err(PgError::LoginTimeout));
         let login = match accepted {
             Ok(Accepted::Login(login)) => login,
-            Ok(Accepted::Cancel { process_id, secret_key }) => {
+            Ok(Accepted::Cancel {
+                process_id,
+                secret_key,
+            }) => {
                 if let Some(target) = shared.cancels.request(process_id, &secret_key) {
                     tracing::info!(server.pid = target.process_id, "forwarding cancel request");
                     if let Err(e) = shared.pools.upstream().cancel(&target).await {
@@ -99,7 +116,9 @@ impl PgService {
             return;
         }
         let user = shared.users.get(&login.user);
-        let password = user.map(|u| u.config.server_password()).unwrap_or(crate::config::PasswordSource::None);
+        let password = user
+            .map(|u| u.config.server_password())
+            .unwrap_or(crate::config::PasswordSource::None);
         let pool = shared.pools.get(&Login {
             database: login.database.clone(),
             user: login.server_user.clone(),

@@ -35,11 +35,18 @@ use crate::config::PoolMode;
 #[derive(Debug)]
 enum Pending {
     /// `swallow`: injected by Sentinel, the client never sent it. `name`: the server statement.
-    Parse { swallow: bool, name: Option<Arc<str>> },
-    Bind { statement: Option<Arc<str>> },
+    Parse {
+        swallow: bool,
+        name: Option<Arc<str>>,
+    },
+    Bind {
+        statement: Option<Arc<str>>,
+    },
     Describe,
     Execute,
-    Close { swallow: bool },
+    Close {
+        swallow: bool,
+    },
     Sync,
     Query,
     FunctionCall,
@@ -248,14 +255,19 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             FrontendMessage::Flush if self.held.is_none() => return Ok(Flow::Continue),
-            FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. }
+            FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail { .. }
                 if self.held.is_none() =>
             {
                 // Postgres ignores copy messages outside COPY, for the sake of client libraries
                 // that send them after a COPY failed.
                 return Ok(Flow::Continue);
             }
-            FrontendMessage::Close { kind: TargetKind::Statement, name } if !name.is_empty() => {
+            FrontendMessage::Close {
+                kind: TargetKind::Statement,
+                name,
+            } if !name.is_empty() => {
                 self.statements.close(name);
                 let mut out = BytesMut::new();
                 encode::close_complete(&mut out);
@@ -280,7 +292,9 @@ impl Session {
             tracing::warn!(error = %e, kind = e.kind(), "no server connection for client");
             e.encode(&mut self.client.wbuf, "ERROR");
             match msg {
-                FrontendMessage::Query { .. } | FrontendMessage::FunctionCall | FrontendMessage::Sync => {
+                FrontendMessage::Query { .. }
+                | FrontendMessage::FunctionCall
+                | FrontendMessage::Sync => {
                     encode::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
                 }
                 _ => self.skip_until_sync = true,
@@ -353,10 +367,20 @@ impl Session {
         match msg {
             FrontendMessage::Query { .. } => self.send(raw, Some(Pending::Query)),
             FrontendMessage::FunctionCall => self.send(raw, Some(Pending::FunctionCall)),
-            FrontendMessage::Parse { name, sql, param_types } => {
+            FrontendMessage::Parse {
+                name,
+                sql,
+                param_types,
+            } => {
                 self.batch_open = true;
                 if name.is_empty() {
-                    return self.send(raw, Some(Pending::Parse { swallow: false, name: None }));
+                    return self.send(
+                        raw,
+                        Some(Pending::Parse {
+                            swallow: false,
+                            name: None,
+                        }),
+                    );
                 }
                 let stmt = self.statements.prepare(name, sql, param_types);
                 if self.server().prepared.contains(&stmt.server_name) {
@@ -367,22 +391,34 @@ impl Session {
                     self.prepare_on_server(&stmt, false);
                 }
             }
-            FrontendMessage::Bind { portal, statement, rest } => {
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } => {
                 self.batch_open = true;
                 let (name, known) = self.server_statement(statement);
                 let mut out = BytesMut::new();
                 encode::bind_raw_params(&mut out, portal, &name, rest);
-                let pending = Pending::Bind { statement: known.then(|| name.into()) };
+                let pending = Pending::Bind {
+                    statement: known.then(|| name.into()),
+                };
                 self.send(&out, Some(pending));
             }
-            FrontendMessage::Describe { kind: TargetKind::Statement, name } => {
+            FrontendMessage::Describe {
+                kind: TargetKind::Statement,
+                name,
+            } => {
                 self.batch_open = true;
                 let (name, _) = self.server_statement(name);
                 let mut out = BytesMut::new();
                 encode::describe(&mut out, TargetKind::Statement, &name);
                 self.send(&out, Some(Pending::Describe));
             }
-            FrontendMessage::Describe { kind: TargetKind::Portal, .. } => {
+            FrontendMessage::Describe {
+                kind: TargetKind::Portal,
+                ..
+            } => {
                 self.batch_open = true;
                 self.send(raw, Some(Pending::Describe));
             }
@@ -445,7 +481,13 @@ impl Session {
             encode::close(&mut out, TargetKind::Statement, &name);
             self.send(&out, Some(Pending::Close { swallow: true }));
         }
-        self.send(&stmt.parse.clone(), Some(Pending::Parse { swallow, name: Some(name) }));
+        self.send(
+            &stmt.parse.clone(),
+            Some(Pending::Parse {
+                swallow,
+                name: Some(name),
+            }),
+        );
     }
 
     fn send(&mut self, bytes: &[u8], pending: Option<Pending>) {
@@ -480,8 +522,13 @@ impl Session {
     fn on_server_frame(&mut self, frame: &Frame) -> PgResult<()> {
         use tag::backend as b;
         match frame.tag {
-            b::DATA_ROW | b::COPY_DATA | b::COPY_DONE | b::COPY_OUT_RESPONSE
-            | b::NOTIFICATION_RESPONSE | b::FUNCTION_CALL_RESPONSE | b::PARAMETER_DESCRIPTION => {
+            b::DATA_ROW
+            | b::COPY_DATA
+            | b::COPY_DONE
+            | b::COPY_OUT_RESPONSE
+            | b::NOTIFICATION_RESPONSE
+            | b::FUNCTION_CALL_RESPONSE
+            | b::PARAMETER_DESCRIPTION => {
                 self.to_client(frame);
             }
             b::COPY_IN_RESPONSE | b::COPY_BOTH_RESPONSE => {
@@ -503,13 +550,11 @@ impl Session {
                 }
                 self.to_client(frame);
             }
-            b::PARSE_COMPLETE => {
-                match self.pending.pop_front() {
-                    Some(Pending::Parse { swallow: true, .. }) => {}
-                    Some(Pending::Parse { swallow: false, .. }) => self.to_client(frame),
-                    _ => return Err(self.out_of_step("ParseComplete")),
-                }
-            }
+            b::PARSE_COMPLETE => match self.pending.pop_front() {
+                Some(Pending::Parse { swallow: true, .. }) => {}
+                Some(Pending::Parse { swallow: false, .. }) => self.to_client(frame),
+                _ => return Err(self.out_of_step("ParseComplete")),
+            },
             b::BIND_COMPLETE => match self.pending.pop_front() {
                 Some(Pending::Bind { .. }) => self.to_client(frame),
                 _ => return Err(self.out_of_step("BindComplete")),
@@ -535,12 +580,17 @@ impl Session {
                 self.to_client(frame);
             }
             b::NOTICE_RESPONSE => {
-                if !matches!(self.pending.front(), Some(Pending::Parse { swallow: true, .. })) {
+                if !matches!(
+                    self.pending.front(),
+                    Some(Pending::Parse { swallow: true, .. })
+                ) {
                     self.to_client(frame);
                 }
             }
             b::PARAMETER_STATUS => {
-                if let BackendMessage::ParameterStatus { name, value } = BackendMessage::parse(frame)? {
+                if let BackendMessage::ParameterStatus { name, value } =
+                    BackendMessage::parse(frame)?
+                {
                     self.server().record_parameter(name, value);
                     if params::is_tracked(name) {
                         let key = name.to_ascii_lowercase();
@@ -584,14 +634,20 @@ impl Session {
         self.copy_in = false;
         let code = fields.code().unwrap_or_default();
         match self.pending.front() {
-            Some(Pending::Parse { name: Some(name), .. }) => {
+            Some(Pending::Parse {
+                name: Some(name), ..
+            }) => {
                 let name = name.clone();
                 self.server().prepared.remove(&name);
             }
-            Some(Pending::Bind { statement: Some(name) }) => {
+            Some(Pending::Bind {
+                statement: Some(name),
+            }) => {
                 let name = name.clone();
                 let stale_plan = code == "0A000"
-                    && fields.message().is_some_and(|m| m.contains("cached plan must not change result type"));
+                    && fields
+                        .message()
+                        .is_some_and(|m| m.contains("cached plan must not change result type"));
                 let server = self.server();
                 if stale_plan {
                     // Re-prepared (after a Close) the next time a client binds it.
@@ -608,7 +664,10 @@ impl Session {
             while self.pending.front().is_some_and(|p| {
                 p.is_extended() || matches!(p, Pending::Synthetic(_) | Pending::SyntheticReady)
             }) {
-                if let Some(Pending::Parse { name: Some(name), .. }) = self.pending.pop_front() {
+                if let Some(Pending::Parse {
+                    name: Some(name), ..
+                }) = self.pending.pop_front()
+                {
                     self.server().prepared.remove(&name);
                 }
             }
@@ -710,7 +769,9 @@ impl Session {
 
     /// In transaction mode, gives the server back as soon as the transaction is over.
     async fn maybe_release(&mut self) -> PgResult<()> {
-        let Some(held) = self.held.as_mut() else { return Ok(()) };
+        let Some(held) = self.held.as_mut() else {
+            return Ok(());
+        };
         let done = self.pending.is_empty()
             && !self.batch_open
             && !self.copy_in
@@ -729,7 +790,9 @@ impl Session {
     /// Returns the held server to the pool, resetting what the client left on it, or closes it
     /// when its state cannot be vouched for.
     async fn release(&mut self, full_reset: bool) {
-        let Some(mut checkout) = self.held.take() else { return };
+        let Some(mut checkout) = self.held.take() else {
+            return;
+        };
         let cancelled = self.cancel.detach();
         if cancelled {
             tracing::debug!("closing a server connection a cancel was sent to");
@@ -763,7 +826,9 @@ impl Session {
     /// At the end of the session: a server left in a transaction is rolled back and reset, one
     /// in the middle of a reply is closed.
     async fn give_back_server(&mut self, clean_exit: bool) {
-        let Some(held) = self.held.as_mut() else { return };
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
         if !self.pending.is_empty() || self.copy_in || !held.server().conn.wbuf.is_empty() {
             if let Some(held) = self.held.take() {
                 self.cancel.detach();
@@ -798,7 +863,10 @@ impl Session {
         let idle = (!pg.idle_transaction_timeout.is_zero() && self.held.is_some())
             .then(|| self.idle_since.map(|t| t + pg.idle_transaction_timeout))
             .flatten();
-        [query, idle, self.drain_deadline].into_iter().flatten().min()
+        [query, idle, self.drain_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn on_deadline(&mut self) -> PgResult<()> {
@@ -807,13 +875,17 @@ impl Session {
             return Err(PgError::ShuttingDown);
         }
         let pg = &self.shared.config.postgres;
-        if self.idle_since.is_some_and(|t| t + pg.idle_transaction_timeout <= now)
+        if self
+            .idle_since
+            .is_some_and(|t| t + pg.idle_transaction_timeout <= now)
             && !pg.idle_transaction_timeout.is_zero()
         {
             tracing::info!("idle-in-transaction timeout: rolling back and closing the client");
             return Err(PgError::IdleTransactionTimeout);
         }
-        if self.busy_since.is_some_and(|t| t + pg.query_timeout <= now) && !pg.query_timeout.is_zero() {
+        if self.busy_since.is_some_and(|t| t + pg.query_timeout <= now)
+            && !pg.query_timeout.is_zero()
+        {
             self.timeout_cancel_sent = true;
             if let Some(target) = self.cancel.cancel_own() {
                 tracing::info!("query_timeout: cancelling the running query");
@@ -859,7 +931,11 @@ fn is_alive(conn: &mut Conn) -> bool {
 async fn housekeeping(server: &mut ServerConn, sql: &str) -> PgResult<Option<PgError>> {
     let run = async {
         encode::query(&mut server.conn.wbuf, sql);
-        server.conn.flush().await.map_err(|_| PgError::UpstreamLost)?;
+        server
+            .conn
+            .flush()
+            .await
+            .map_err(|_| PgError::UpstreamLost)?;
         let mut first_error = None;
         loop {
             let frame = server.conn.read_frame().await.map_err(|e| match e {
@@ -886,5 +962,7 @@ async fn housekeeping(server: &mut ServerConn, sql: &str) -> PgResult<Option<PgE
             }
         }
     };
-    tokio::time::timeout(HOUSEKEEPING_TIMEOUT, run).await.map_err(|_| PgError::UpstreamLost)?
+    tokio::time::timeout(HOUSEKEEPING_TIMEOUT, run)
+        .await
+        .map_err(|_| PgError::UpstreamLost)?
 }

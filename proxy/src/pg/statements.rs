@@ -37,7 +37,10 @@ impl Statement {
         }
         let mut parse = BytesMut::new();
         encode::parse_raw_types(&mut parse, &name, sql, param_types);
-        Statement { server_name: name.into(), parse: parse.freeze() }
+        Statement {
+            server_name: name.into(),
+            parse: parse.freeze(),
+        }
     }
 }
 
@@ -53,7 +56,11 @@ pub struct ClientStatements {
 impl ClientStatements {
     pub fn prepare(&mut self, name: &str, sql: &str, param_types: &[u8]) -> Arc<Statement> {
         let stmt = Arc::new(Statement::new(sql, param_types));
-        let stmt = self.by_text.entry(stmt.server_name.clone()).or_insert(stmt).clone();
+        let stmt = self
+            .by_text
+            .entry(stmt.server_name.clone())
+            .or_insert(stmt)
+            .clone();
         self.map.insert(name.to_owned(), stmt.clone());
         stmt
     }
@@ -74,7 +81,6 @@ impl ClientStatements {
         self.map.clear();
         self.by_text.clear();
     }
-
 }
 
 /// A simple-query command Sentinel answers for the client's virtual session.
@@ -123,8 +129,9 @@ fn identifier(word: &str) -> Option<String> {
             return None;
         }
         let unescaped = inner.replace("\"\"", "\"");
-        return (!unescaped.replace("\"", "").len().eq(&0) && !inner.replace("\"\"", "").contains('"'))
-            .then_some(unescaped);
+        return (!unescaped.replace("\"", "").len().eq(&0)
+            && !inner.replace("\"\"", "").contains('"'))
+        .then_some(unescaped);
     }
     word.chars()
         .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
@@ -160,13 +167,22 @@ mod tests {
 
     #[test]
     fn local_commands() {
-        assert_eq!(local_command("DEALLOCATE s1"), Some(LocalCommand::Deallocate("s1".into())));
+        assert_eq!(
+            local_command("DEALLOCATE s1"),
+            Some(LocalCommand::Deallocate("s1".into()))
+        );
         assert_eq!(
             local_command("deallocate prepare \"S1\";"),
             Some(LocalCommand::Deallocate("S1".into()))
         );
-        assert_eq!(local_command(" Deallocate ALL "), Some(LocalCommand::DeallocateAll));
-        assert_eq!(local_command("discard all;"), Some(LocalCommand::DiscardAll));
+        assert_eq!(
+            local_command(" Deallocate ALL "),
+            Some(LocalCommand::DeallocateAll)
+        );
+        assert_eq!(
+            local_command("discard all;"),
+            Some(LocalCommand::DiscardAll)
+        );
         assert_eq!(local_command("discard temp"), None);
         assert_eq!(local_command("deallocate s1; select 1"), None);
         assert_eq!(local_command("/* x */ discard all"), None);
