@@ -2,6 +2,7 @@
 //! signals, graceful shutdown and configuration.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
@@ -9,6 +10,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::config::Config;
+use crate::drain::DrainWatcher;
 use crate::pg::{PgService, PgShared, PoolMaintenance};
 
 /// Seconds pingora waits for runtimes to stop after the grace period.
@@ -30,10 +32,9 @@ pub fn run(config: Config) -> anyhow::Result<std::convert::Infallible> {
     let mut pg_service = Service::new("postgres".to_owned(), PgService::new(pg.clone()));
     pg_service.add_tcp(&config.postgres.listen.to_string());
     server.add_service(pg_service);
-    server.add_service(background_service(
-        "pool maintenance",
-        PoolMaintenance::new(pg),
-    ));
+    server.add_service(background_service("pool maintenance", PoolMaintenance::new(pg.clone())));
+    let in_flight = Arc::new(move || pg.clients.load(Ordering::Relaxed));
+    server.add_service(background_service("drain watcher", DrainWatcher::new(in_flight)));
 
     tracing::info!(postgres.listen = %config.postgres.listen, "sentinel starting");
     server.run_forever()

@@ -4,5 +4,6 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+mod drain;
 pub mod pg;
 mod telemetry;

@@ -900,8 +900,14 @@ impl Session {
         Ok(())
     }
 
+    /// On shutdown a client between transactions is let go at once; one inside a transaction
+    /// may finish it within the grace period.
     fn start_drain(&mut self) -> PgResult<()> {
-        if self.held.is_none() {
+        let between_transactions = self.pending.is_empty()
+            && !self.batch_open
+            && !self.copy_in
+            && self.tx == TransactionStatus::Idle;
+        if self.held.is_none() || between_transactions {
             return Err(PgError::ShuttingDown);
         }
         self.drain_deadline = Some(Instant::now() + self.shared.config.process.shutdown_grace);
