@@ -777,10 +777,12 @@ impl Session {
             && !self.copy_in
             && self.tx == TransactionStatus::Idle
             && held.server().conn.wbuf.is_empty();
-        if !done || self.mode == PoolMode::Session {
+        if !done {
             return Ok(());
         }
-        self.release(false).await;
+        if self.mode == PoolMode::Transaction {
+            self.release(false).await;
+        }
         if self.drain_deadline.is_some() {
             return Err(PgError::ShuttingDown);
         }
