@@ -184,9 +184,18 @@ pub struct UserConfig {
     pub server_password_env: Option<String>,
     #[serde(default)]
     pub server_password_file: Option<PathBuf>,
+    /// Databases whose pools are opened at start, so min_pool_size holds before the first
+    /// client arrives. Empty: the database named like the user, as Postgres defaults.
+    #[serde(default)]
+    pub databases: Vec<String>,
 }
 
 impl UserConfig {
+    /// Databases this user's pools are opened for at start.
+    pub fn prewarm_databases(&self) -> Vec<String> {
+        if self.databases.is_empty() { vec![self.name.clone()] } else { self.databases.clone() }
+    }
+
     pub fn server_user(&self) -> &str {
         self.server_user.as_deref().unwrap_or(&self.name)
     }

@@ -185,6 +185,15 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
         }
         params.insert(checked_name(name)?, value.clone());
     }
+    if let Some(encoding) = params.get("client_encoding") {
+        // Sentinel reads query text and server messages; it does so in UTF-8 only.
+        let normalized = encoding.to_ascii_lowercase().replace(['-', '_'], "");
+        if normalized != "utf8" && normalized != "unicode" {
+            return Err(PgError::FeatureNotSupported(
+                "Sentinel supports client_encoding UTF8 only",
+            ));
+        }
+    }
     if let Some(options) = get("options") {
         for (name, value) in parse_options(options)? {
             params.insert(checked_name(&name)?, value);

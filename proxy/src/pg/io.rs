@@ -31,7 +31,10 @@ pub enum Io {
 
 /// Writes what is buffered for both sides and returns when one side has sent something or
 /// gone away. Cancel safe: reads and writes only ever complete whole into the buffers.
-pub async fn next_io(client: &mut Conn, mut server: Option<&mut Conn>) -> Io {
+///
+/// The client is read only when `read_client` and while what waits to be written to either side
+/// is small, so a client that sends without reading cannot grow Sentinel's buffers.
+pub async fn next_io(client: &mut Conn, mut server: Option<&mut Conn>, read_client: bool) -> Io {
     poll_fn(|cx| {
         if let Some(server) = server.as_deref_mut()
             && let Poll::Ready(Err(e)) = poll_drain(cx, server)
@@ -52,7 +55,7 @@ pub async fn next_io(client: &mut Conn, mut server: Option<&mut Conn>) -> Io {
             }
         }
         let server_backlog = server.as_deref().map_or(0, |s| s.wbuf.len());
-        if server_backlog < HIGH_WATER {
+        if read_client && server_backlog < HIGH_WATER && client.wbuf.len() < HIGH_WATER {
             match poll_fill(cx, client) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Io::ClientClosed(None)),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Io::Client),

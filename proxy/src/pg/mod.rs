@@ -25,6 +25,10 @@ use rand::RngCore;
 use crate::config::{Config, UpstreamTls};
 pub use service::{PgService, PoolMaintenance};
 
+/// Largest message accepted from Postgres: its own limit for a value is 1 GB, and what the
+/// server sends is bounded by what it was asked for, unlike what a client sends.
+const SERVER_MAX_MESSAGE: usize = (1 << 30) + (1 << 20);
+
 /// What every session of the Postgres front shares. Built once from the config and passed down;
 /// nothing here is global.
 pub struct PgShared {
@@ -37,6 +41,8 @@ pub struct PgShared {
     pub clients: AtomicUsize,
     /// Seeds the fake SCRAM verifiers of unknown users; random per process.
     pub fake_secret: [u8; 32],
+    /// Keys the names of prepared statements on servers; random per process.
+    pub statement_key: [u8; 32],
 }
 
 impl PgShared {
@@ -69,7 +75,7 @@ impl PgShared {
             port: pg.upstream.port,
             tls: upstream_tls,
             connect_timeout: pg.server_connect_timeout,
-            max_message: pg.max_message_bytes,
+            max_message: SERVER_MAX_MESSAGE,
         };
         let settings = pool::PoolSettings {
             size: pg.pool_size,
@@ -94,13 +100,28 @@ impl PgShared {
         }
         let mut fake_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut fake_secret);
+        let mut statement_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut statement_key);
+        let pools = pool::Pools::new(upstream, settings);
+        if pg.min_pool_size > 0 {
+            for user in &pg.users {
+                for database in user.prewarm_databases() {
+                    pools.get(&server::Login {
+                        database,
+                        user: user.server_user().to_owned(),
+                        password: user.server_password(),
+                    });
+                }
+            }
+        }
         Ok(PgShared {
             users,
-            pools: pool::Pools::new(upstream, settings),
+            pools,
             cancels: Arc::default(),
             tls,
             clients: AtomicUsize::new(0),
             fake_secret,
+            statement_key,
             config,
         })
     }

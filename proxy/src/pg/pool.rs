@@ -184,21 +184,35 @@ impl Pool {
     pub async fn maintain(&self) {
         {
             let mut idle = self.idle.lock();
-            let (keep, old): (Vec<_>, Vec<_>) = idle.drain(..).partition(|s| {
-                s.created.elapsed() < self.settings.lifetime
-                    && s.last_used.elapsed() < self.settings.idle_timeout
-            });
-            *idle = keep;
-            old.into_iter().for_each(close);
+            let mut total = idle.len() + self.active_count();
+            let mut kept = Vec::with_capacity(idle.len());
+            for server in idle.drain(..) {
+                let expired = server.created.elapsed() >= self.settings.lifetime;
+                // Idle ones go only down to min_pool_size; expired ones go regardless.
+                let unused = server.last_used.elapsed() >= self.settings.idle_timeout
+                    && total > self.settings.min_size;
+                if expired || unused {
+                    total -= 1;
+                    close(server);
+                } else {
+                    kept.push(server);
+                }
+            }
+            *idle = kept;
         }
-        while self.idle_count() < self.settings.min_size {
+        while self.idle_count() + self.active_count() < self.settings.min_size {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
             match self.open().await {
                 Ok(server) => self.idle.lock().push(server),
                 Err(e) => {
-                    tracing::warn!(pool.database = %self.key.database, pool.user = %self.key.server_user, error = %e, "cannot open min_pool_size connection");
+                    tracing::warn!(
+                        pool.database = %self.key.database,
+                        pool.user = %self.key.server_user,
+                        error = %e,
+                        "cannot open a min_pool_size connection"
+                    );
                     break;
                 }
             }

@@ -54,11 +54,20 @@ enum Pending {
     Synthetic(Bytes),
     /// A ReadyForQuery Sentinel answers itself, with the status current at that point.
     SyntheticReady,
+    /// The client ended a COPY it pipelined before the server started it: Syncs sent before
+    /// this point reach the server during COPY and are ignored there.
+    CopyEnd,
 }
 
 impl Pending {
     fn ends_with_ready(&self) -> bool {
         matches!(self, Pending::Sync | Pending::Query | Pending::FunctionCall)
+    }
+
+    /// Entries that produce nothing once the server skips to the next Sync after an error.
+    fn skipped_after_error(&self) -> bool {
+        self.is_extended()
+            || matches!(self, Pending::Synthetic(_) | Pending::SyntheticReady | Pending::CopyEnd)
     }
 
     fn is_extended(&self) -> bool {
@@ -87,6 +96,8 @@ pub enum Flow {
 
 /// How long Sentinel waits for its own housekeeping queries before it gives up on a server.
 const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Replies awaited at most; past this the client is not read until some arrive.
+const MAX_PENDING: usize = 4096;
 /// Above this many prepared statements a server is cleared at its next release.
 const MAX_SERVER_STATEMENTS: usize = 2000;
 const RESET_SQL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; UNLISTEN *; \
@@ -109,8 +120,14 @@ pub struct Session {
     tx: TransactionStatus,
     copy_in: bool,
     dirty: Dirty,
-    /// After an error Sentinel raised itself in an extended batch: drop messages until Sync.
-    skip_until_sync: bool,
+    /// After an error in an extended batch (the server's, or Sentinel's own when no server was
+    /// available), everything up to the client's next Sync is dropped, as Postgres does.
+    discarding: bool,
+    /// The client's last unnamed statement, and whether the held server has it.
+    unnamed: Option<Bytes>,
+    unnamed_on_server: bool,
+    /// What RESET ALL and DISCARD ALL go back to.
+    startup_params: BTreeMap<String, String>,
     /// When the oldest request awaiting ReadyForQuery was sent (for query_timeout).
     busy_since: Option<Instant>,
     timeout_cancel_sent: bool,
@@ -134,7 +151,7 @@ impl Session {
             pool,
             cancel,
             mode,
-            desired: login.params,
+            desired: login.params.clone(),
             held: None,
             statements: ClientStatements::default(),
             pending: VecDeque::new(),
@@ -142,7 +159,10 @@ impl Session {
             tx: TransactionStatus::Idle,
             copy_in: false,
             dirty: Dirty::default(),
-            skip_until_sync: false,
+            discarding: false,
+            unnamed: None,
+            unnamed_on_server: false,
+            startup_params: login.params.clone(),
             busy_since: None,
             timeout_cancel_sent: false,
             idle_since: None,
@@ -173,8 +193,9 @@ impl Session {
             let deadline = self.next_deadline();
             let draining = self.drain_deadline.is_some();
             let server = self.held.as_mut().map(|c| &mut c.server().conn);
+            let read_client = self.pending.len() < MAX_PENDING;
             let io = tokio::select! {
-                io = next_io(&mut self.client, server) => io,
+                io = next_io(&mut self.client, server, read_client) => io,
                 _ = self.shutdown.changed(), if !draining => {
                     self.start_drain()?;
                     continue;
@@ -198,7 +219,7 @@ impl Session {
                 }
                 Io::ServerClosed(e) => {
                     tracing::warn!(error = ?e, "server connection lost");
-                    return Err(self.server_lost());
+                    return Err(self.server_lost(true));
                 }
             }
             self.maybe_release().await?;
@@ -237,10 +258,17 @@ impl Session {
 
     async fn on_client_frame(&mut self, frame: Frame) -> PgResult<Flow> {
         use tag::frontend as f;
-        if self.skip_until_sync {
+        if self.discarding {
             if frame.tag == f::SYNC {
-                self.skip_until_sync = false;
-                self.respond_ready();
+                self.discarding = false;
+                if self.held.is_some() {
+                    self.send(frame.raw(), Some(Pending::Sync));
+                    self.batch_open = false;
+                } else {
+                    self.respond_ready();
+                }
+            } else if frame.tag == f::TERMINATE {
+                return Ok(Flow::Close);
             }
             return Ok(Flow::Continue);
         }
@@ -297,7 +325,7 @@ impl Session {
                 | FrontendMessage::Sync => {
                     encode::ready_for_query(&mut self.client.wbuf, TransactionStatus::Idle);
                 }
-                _ => self.skip_until_sync = true,
+                _ => self.discarding = true,
             }
             return Ok(Flow::Continue);
         }
@@ -309,6 +337,7 @@ impl Session {
     /// the server must see the command after all.
     fn answer_locally(&mut self, cmd: &LocalCommand) -> bool {
         let tag = match cmd {
+            _ if self.batch_open => return false,
             LocalCommand::Deallocate(name) => {
                 if self.statements.get(name).is_none() {
                     return false; // an SQL-level PREPARE: the server has it
@@ -334,6 +363,7 @@ impl Session {
                     return false;
                 }
                 self.statements.clear();
+                self.desired = self.startup_params.clone();
                 "DISCARD ALL"
             }
         };
@@ -365,7 +395,12 @@ impl Session {
     fn forward(&mut self, frame: &Frame, msg: FrontendMessage<'_>) {
         let raw = frame.raw();
         match msg {
-            FrontendMessage::Query { .. } => self.send(raw, Some(Pending::Query)),
+            FrontendMessage::Query { .. } => {
+                // A simple Query drops the unnamed statement, on the server as in Postgres.
+                self.unnamed = None;
+                self.unnamed_on_server = false;
+                self.send(raw, Some(Pending::Query));
+            }
             FrontendMessage::FunctionCall => self.send(raw, Some(Pending::FunctionCall)),
             FrontendMessage::Parse {
                 name,
@@ -374,6 +409,9 @@ impl Session {
             } => {
                 self.batch_open = true;
                 if name.is_empty() {
+                    // Kept so a later Bind of "" can run on whichever server the client holds.
+                    self.unnamed = Some(raw.clone());
+                    self.unnamed_on_server = true;
                     return self.send(
                         raw,
                         Some(Pending::Parse {
@@ -382,7 +420,8 @@ impl Session {
                         }),
                     );
                 }
-                let stmt = self.statements.prepare(name, sql, param_types);
+                let key = &self.shared.statement_key;
+                let stmt = self.statements.prepare(name, sql, param_types, key);
                 if self.server().prepared.contains(&stmt.server_name) {
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
@@ -441,8 +480,13 @@ impl Session {
             }
             FrontendMessage::Flush | FrontendMessage::CopyData(_) => self.send(raw, None),
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
-                self.copy_in = false;
-                self.send(raw, None);
+                if self.copy_in {
+                    self.copy_in = false;
+                    self.send(raw, None);
+                } else {
+                    // Pipelined before the server said COPY started: mark the spot.
+                    self.send(raw, Some(Pending::CopyEnd));
+                }
             }
             FrontendMessage::Terminate | FrontendMessage::Password(_) => {
                 unreachable!("handled before forwarding")
@@ -455,6 +499,12 @@ impl Session {
     /// would (unless they could name one of Sentinel's statements).
     fn server_statement(&mut self, client_name: &str) -> (String, bool) {
         if client_name.is_empty() {
+            if !self.unnamed_on_server
+                && let Some(parse) = self.unnamed.clone()
+            {
+                self.unnamed_on_server = true;
+                self.send(&parse, Some(Pending::Parse { swallow: true, name: None }));
+            }
             return (String::new(), false);
         }
         match self.statements.get(client_name).cloned() {
@@ -511,7 +561,7 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "protocol violation from the server");
-                    return Err(self.server_lost());
+                    return Err(self.server_lost(false));
                 }
             };
             self.on_server_frame(&frame)?;
@@ -532,16 +582,7 @@ impl Session {
                 self.to_client(frame);
             }
             b::COPY_IN_RESPONSE | b::COPY_BOTH_RESPONSE => {
-                self.copy_in = true;
-                if matches!(self.pending.front(), Some(Pending::Execute)) {
-                    // Syncs the client pipelined behind this Execute reach the server during
-                    // COPY and are ignored there; the client sends another after CopyDone.
-                    let head = self.pending.pop_front();
-                    self.pending.retain(|p| !matches!(p, Pending::Sync));
-                    if let Some(head) = head {
-                        self.pending.push_front(head);
-                    }
-                }
+                self.start_copy_in();
                 self.to_client(frame);
             }
             b::ROW_DESCRIPTION | b::NO_DATA => {
@@ -621,10 +662,35 @@ impl Session {
             }
             other => {
                 tracing::warn!(tag = %(other as char), "unexpected message from the server");
-                return Err(self.server_lost());
+                return Err(self.server_lost(false));
             }
         }
         Ok(())
+    }
+
+    /// The server entered COPY FROM STDIN. Syncs the client pipelined behind the Execute and
+    /// before its CopyDone reach the server during COPY, where they are ignored: the client
+    /// sends another after CopyDone.
+    fn start_copy_in(&mut self) {
+        let ended = |p: &VecDeque<Pending>| p.iter().position(|e| matches!(e, Pending::CopyEnd));
+        if matches!(self.pending.front(), Some(Pending::Execute)) {
+            let end = ended(&self.pending).unwrap_or(self.pending.len());
+            let mut index = 0;
+            self.pending.retain(|p| {
+                index += 1;
+                !(index > 1 && index <= end && matches!(p, Pending::Sync))
+            });
+            // Only a Sync after the client's CopyDone ends this batch.
+            let end = ended(&self.pending).unwrap_or(self.pending.len());
+            self.batch_open = !self.pending.iter().skip(end).any(|p| matches!(p, Pending::Sync));
+        }
+        match ended(&self.pending) {
+            Some(at) => {
+                self.pending.remove(at);
+                self.copy_in = false;
+            }
+            None => self.copy_in = true,
+        }
     }
 
     fn on_server_error(&mut self, frame: &Frame) -> PgResult<()> {
@@ -659,17 +725,16 @@ impl Session {
             }
             _ => {}
         }
-        // In the extended protocol the server now skips everything up to the next Sync.
+        // In the extended protocol the server now skips everything up to the next Sync; if the
+        // client has not sent that Sync yet, what it sends until then is dropped here too.
         if self.pending.front().is_some_and(Pending::is_extended) {
-            while self.pending.front().is_some_and(|p| {
-                p.is_extended() || matches!(p, Pending::Synthetic(_) | Pending::SyntheticReady)
-            }) {
-                if let Some(Pending::Parse {
-                    name: Some(name), ..
-                }) = self.pending.pop_front()
-                {
+            while self.pending.front().is_some_and(Pending::skipped_after_error) {
+                if let Some(Pending::Parse { name: Some(name), .. }) = self.pending.pop_front() {
                     self.server().prepared.remove(&name);
                 }
+            }
+            if !matches!(self.pending.front(), Some(Pending::Sync)) {
+                self.discarding = true;
             }
         }
         self.to_client(frame);
@@ -708,6 +773,8 @@ impl Session {
                 Some(Pending::SyntheticReady) => {
                     encode::ready_for_query(&mut self.client.wbuf, self.tx);
                 }
+                // The COPY it ended never started (the statement failed first).
+                Some(Pending::CopyEnd) => {}
                 _ => return,
             }
             self.pending.pop_front();
@@ -722,11 +789,14 @@ impl Session {
         PgError::Unexpected(what)
     }
 
-    fn server_lost(&mut self) -> PgError {
+    /// The held server broke. `closed`: it went away (rather than misbehaving), which after a
+    /// restart is true of every idle connection too.
+    fn server_lost(&mut self, closed: bool) -> PgError {
         if let Some(held) = self.held.take() {
             self.cancel.detach();
-            // After a restart every idle connection is dead too.
-            held.pool().close_idle();
+            if closed {
+                held.pool().close_idle();
+            }
             held.discard();
         }
         PgError::UpstreamLost
@@ -795,6 +865,7 @@ impl Session {
         let Some(mut checkout) = self.held.take() else {
             return;
         };
+        self.unnamed_on_server = false;
         let cancelled = self.cancel.detach();
         if cancelled {
             tracing::debug!("closing a server connection a cancel was sent to");
@@ -831,7 +902,15 @@ impl Session {
         let Some(held) = self.held.as_mut() else {
             return;
         };
-        if !self.pending.is_empty() || self.copy_in || !held.server().conn.wbuf.is_empty() {
+        let mid_reply = !self.pending.is_empty() || self.copy_in;
+        // An open batch holds an implicit transaction that ROLLBACK cannot end (a server
+        // skipping to Sync ignores it) and a Sync would commit: close the connection.
+        if mid_reply || self.batch_open || self.discarding || !held.server().conn.wbuf.is_empty() {
+            if mid_reply && let Some(target) = self.cancel.cancel_own() {
+                // Stop the backend's work now rather than when it next writes to a closed socket.
+                let upstream = self.pool.upstream().clone();
+                tokio::spawn(async move { upstream.cancel(&target).await });
+            }
             if let Some(held) = self.held.take() {
                 self.cancel.detach();
                 held.discard();

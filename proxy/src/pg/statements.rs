@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sentinel_wire::encode;
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 /// Server-side statement names start with this; a client name with this prefix never reaches
 /// a server unmapped.
@@ -24,12 +25,14 @@ pub struct Statement {
 }
 
 impl Statement {
-    pub fn new(sql: &str, param_types: &[u8]) -> Statement {
-        let mut hasher = Sha256::new();
-        hasher.update(sql.as_bytes());
-        hasher.update([0]);
-        hasher.update(param_types);
-        let digest = hasher.finalize();
+    /// `key` is random per process, so no client can predict (and prepare in advance, with
+    /// different text) the name a statement will get on the server.
+    pub fn new(sql: &str, param_types: &[u8], key: &[u8; 32]) -> Statement {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(sql.as_bytes());
+        mac.update(&[0]);
+        mac.update(param_types);
+        let digest = mac.finalize().into_bytes();
         let mut name = String::with_capacity(SERVER_PREFIX.len() + 32);
         name.push_str(SERVER_PREFIX);
         for b in &digest[..16] {
@@ -54,8 +57,14 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    pub fn prepare(&mut self, name: &str, sql: &str, param_types: &[u8]) -> Arc<Statement> {
-        let stmt = Arc::new(Statement::new(sql, param_types));
+    pub fn prepare(
+        &mut self,
+        name: &str,
+        sql: &str,
+        param_types: &[u8],
+        key: &[u8; 32],
+    ) -> Arc<Statement> {
+        let stmt = Arc::new(Statement::new(sql, param_types, key));
         let stmt = self
             .by_text
             .entry(stmt.server_name.clone())
@@ -142,11 +151,13 @@ fn identifier(word: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    const KEY: [u8; 32] = [7; 32];
+
     #[test]
     fn server_names_depend_on_text_and_types() {
-        let a = Statement::new("select $1", &[0, 1, 0, 0, 0, 23]);
-        let b = Statement::new("select $1", &[0, 1, 0, 0, 0, 25]);
-        let c = Statement::new("select $1", &[0, 1, 0, 0, 0, 23]);
+        let a = Statement::new("select $1", &[0, 1, 0, 0, 0, 23], &KEY);
+        let b = Statement::new("select $1", &[0, 1, 0, 0, 0, 25], &KEY);
+        let c = Statement::new("select $1", &[0, 1, 0, 0, 0, 23], &KEY);
         assert_ne!(a.server_name, b.server_name);
         assert_eq!(a.server_name, c.server_name);
         assert!(a.server_name.starts_with(SERVER_PREFIX));
@@ -155,8 +166,8 @@ mod tests {
     #[test]
     fn client_names_map_and_close() {
         let mut s = ClientStatements::default();
-        let one = s.prepare("s1", "select 1", &[0, 0]);
-        let two = s.prepare("s2", "select 1", &[0, 0]);
+        let one = s.prepare("s1", "select 1", &[0, 0], &KEY);
+        let two = s.prepare("s2", "select 1", &[0, 0], &KEY);
         assert!(Arc::ptr_eq(&one, &two));
         s.close("s1");
         assert!(s.get("s1").is_none());
