@@ -32,9 +32,15 @@ pub fn run(config: Config) -> anyhow::Result<std::convert::Infallible> {
     let mut pg_service = Service::new("postgres".to_owned(), PgService::new(pg.clone()));
     pg_service.add_tcp(&config.postgres.listen.to_string());
     server.add_service(pg_service);
-    server.add_service(background_service("pool maintenance", PoolMaintenance::new(pg.clone())));
+    server.add_service(background_service(
+        "pool maintenance",
+        PoolMaintenance::new(pg.clone()),
+    ));
     let in_flight = Arc::new(move || pg.clients.load(Ordering::Relaxed));
-    server.add_service(background_service("drain watcher", DrainWatcher::new(in_flight)));
+    server.add_service(background_service(
+        "drain watcher",
+        DrainWatcher::new(in_flight),
+    ));
 
     tracing::info!(postgres.listen = %config.postgres.listen, "sentinel starting");
     server.run_forever()

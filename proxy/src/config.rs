@@ -193,7 +193,11 @@ pub struct UserConfig {
 impl UserConfig {
     /// Databases this user's pools are opened for at start.
     pub fn prewarm_databases(&self) -> Vec<String> {
-        if self.databases.is_empty() { vec![self.name.clone()] } else { self.databases.clone() }
+        if self.databases.is_empty() {
+            vec![self.name.clone()]
+        } else {
+            self.databases.clone()
+        }
     }
 
     pub fn server_user(&self) -> &str {

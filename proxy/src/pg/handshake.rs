@@ -185,18 +185,19 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
         }
         params.insert(checked_name(name)?, value.clone());
     }
-    if let Some(encoding) = params.get("client_encoding") {
-        // Sentinel reads query text and server messages; it does so in UTF-8 only.
-        let normalized = encoding.to_ascii_lowercase().replace(['-', '_'], "");
-        if normalized != "utf8" && normalized != "unicode" {
-            return Err(PgError::FeatureNotSupported(
-                "Sentinel supports client_encoding UTF8 only",
-            ));
-        }
-    }
     if let Some(options) = get("options") {
         for (name, value) in parse_options(options)? {
             params.insert(checked_name(&name)?, value);
+        }
+    }
+    if let Some(encoding) = params.get("client_encoding") {
+        // Sentinel reads query text and server messages as UTF-8 (SQL_ASCII, which C-locale
+        // psql asks for, passes bytes unconverted and so is UTF-8 in practice).
+        let normalized = encoding.to_ascii_lowercase().replace(['-', '_'], "");
+        if !matches!(normalized.as_str(), "utf8" | "unicode" | "sqlascii") {
+            return Err(PgError::FeatureNotSupported(
+                "Sentinel supports client_encoding UTF8 only",
+            ));
         }
     }
     let server_user = shared

@@ -67,7 +67,10 @@ impl Pending {
     /// Entries that produce nothing once the server skips to the next Sync after an error.
     fn skipped_after_error(&self) -> bool {
         self.is_extended()
-            || matches!(self, Pending::Synthetic(_) | Pending::SyntheticReady | Pending::CopyEnd)
+            || matches!(
+                self,
+                Pending::Synthetic(_) | Pending::SyntheticReady | Pending::CopyEnd
+            )
     }
 
     fn is_extended(&self) -> bool {
@@ -503,7 +506,13 @@ impl Session {
                 && let Some(parse) = self.unnamed.clone()
             {
                 self.unnamed_on_server = true;
-                self.send(&parse, Some(Pending::Parse { swallow: true, name: None }));
+                self.send(
+                    &parse,
+                    Some(Pending::Parse {
+                        swallow: true,
+                        name: None,
+                    }),
+                );
             }
             return (String::new(), false);
         }
@@ -682,7 +691,11 @@ impl Session {
             });
             // Only a Sync after the client's CopyDone ends this batch.
             let end = ended(&self.pending).unwrap_or(self.pending.len());
-            self.batch_open = !self.pending.iter().skip(end).any(|p| matches!(p, Pending::Sync));
+            self.batch_open = !self
+                .pending
+                .iter()
+                .skip(end)
+                .any(|p| matches!(p, Pending::Sync));
         }
         match ended(&self.pending) {
             Some(at) => {
@@ -728,8 +741,15 @@ impl Session {
         // In the extended protocol the server now skips everything up to the next Sync; if the
         // client has not sent that Sync yet, what it sends until then is dropped here too.
         if self.pending.front().is_some_and(Pending::is_extended) {
-            while self.pending.front().is_some_and(Pending::skipped_after_error) {
-                if let Some(Pending::Parse { name: Some(name), .. }) = self.pending.pop_front() {
+            while self
+                .pending
+                .front()
+                .is_some_and(Pending::skipped_after_error)
+            {
+                if let Some(Pending::Parse {
+                    name: Some(name), ..
+                }) = self.pending.pop_front()
+                {
                     self.server().prepared.remove(&name);
                 }
             }

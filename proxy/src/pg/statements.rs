@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use sentinel_wire::encode;
 use hmac::{Hmac, Mac};
+use sentinel_wire::encode;
 use sha2::Sha256;
 
 /// Server-side statement names start with this; a client name with this prefix never reaches
@@ -28,7 +28,8 @@ impl Statement {
     /// `key` is random per process, so no client can predict (and prepare in advance, with
     /// different text) the name a statement will get on the server.
     pub fn new(sql: &str, param_types: &[u8], key: &[u8; 32]) -> Statement {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(sql.as_bytes());
         mac.update(&[0]);
         mac.update(param_types);
