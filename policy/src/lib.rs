@@ -1,6 +1,11 @@
 //! Pure decisions for Sentinel. No sockets, no runtime, no clock read directly: everything a
 //! decision needs comes in as an argument, so every rule can be tested on its own.
 //!
-//! The tenancy, SQL-classification, money and key modules land here with their issues; the
-//! crate exists from the start so the crate graph (`sentinel` depends on this, never the other
-//! way) is fixed before any of them.
+//! The tenancy, SQL-classification and money modules land here with their issues; the crate
+//! exists from the start so the crate graph (`sentinel` depends on this, never the other way) is
+//! fixed before any of them.
+//!
+//! - [`keys`]: master keyring, environment salt, HKDF sub-keys, sealed values, tenant tokens,
+//!   virtual LLM keys and admin tokens.
+
+pub mod keys;
