@@ -27,15 +27,22 @@ pub fn sync_sql(
     applied: &BTreeMap<String, String>,
     desired: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let mut sql = String::new();
-    for (name, value) in desired {
-        if applied.get(name) != Some(value) {
-            sql.push_str(&format!(
-                "SET {} = {};",
-                quote_ident(name),
+    // set_config takes the value as the startup packet does (a list stays a list), where SET
+    // would read a quoted list as one name.
+    let changed: Vec<String> = desired
+        .iter()
+        .filter(|(name, value)| applied.get(*name) != Some(*value))
+        .map(|(name, value)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(name),
                 quote_literal(value)
-            ));
-        }
+            )
+        })
+        .collect();
+    let mut sql = String::new();
+    if !changed.is_empty() {
+        sql.push_str(&format!("SELECT {};", changed.join(", ")));
     }
     for name in applied.keys().filter(|k| !desired.contains_key(*k)) {
         sql.push_str(&format!("RESET {};", quote_ident(name)));
@@ -72,11 +79,14 @@ mod tests {
         assert_eq!(sync_sql(&map(&[("a", "1")]), &map(&[("a", "1")])), None);
         assert_eq!(
             sync_sql(&map(&[("a", "1"), ("b", "2")]), &map(&[("a", "x'y\\z")])).as_deref(),
-            Some("SET \"a\" = E'x\\'y\\\\z';RESET \"b\";")
+            Some("SELECT pg_catalog.set_config(E'a', E'x\\'y\\\\z', false);RESET \"b\";")
         );
         assert_eq!(
-            sync_sql(&map(&[]), &map(&[("my.set", "v")])).as_deref(),
-            Some("SET \"my\".\"set\" = E'v';")
+            sync_sql(&map(&[]), &map(&[("my.set", "v"), ("search_path", "a, b")])).as_deref(),
+            Some(
+                "SELECT pg_catalog.set_config(E'my.set', E'v', false), \
+                 pg_catalog.set_config(E'search_path', E'a, b', false);"
+            )
         );
     }
 

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::error::{PgError, PgResult};
 use super::server::{Login, ServerConn, Upstream};
+use super::statements::Generations;
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -48,6 +49,8 @@ pub struct Pool {
     idle: Mutex<Vec<ServerConn>>,
     slots: Arc<Semaphore>,
     pub stats: PoolStats,
+    /// Plan generations of the statements prepared on this pool's servers.
+    pub generations: Generations,
 }
 
 /// A server connection lent to one client. Hand it back with [`Checkout::release`] when clean,
@@ -119,6 +122,7 @@ impl Pool {
             settings,
             idle: Mutex::new(Vec::new()),
             stats: PoolStats::default(),
+            generations: Generations::default(),
         }
     }
 

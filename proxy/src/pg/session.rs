@@ -35,12 +35,14 @@ use crate::config::PoolMode;
 #[derive(Debug)]
 enum Pending {
     /// `swallow`: injected by Sentinel, the client never sent it. `name`: the server statement.
+    /// `client`: the client's name for it, forgotten if the server refuses it.
     Parse {
         swallow: bool,
         name: Option<Arc<str>>,
+        client: Option<String>,
     },
     Bind {
-        statement: Option<Arc<str>>,
+        statement: Option<Arc<Statement>>,
     },
     Describe,
     Execute,
@@ -131,6 +133,8 @@ pub struct Session {
     unnamed_on_server: bool,
     /// What RESET ALL and DISCARD ALL go back to.
     startup_params: BTreeMap<String, String>,
+    /// A RESET the server is running for the client, applied to its settings when it succeeds.
+    reset_on_success: Option<LocalCommand>,
     /// When the oldest request awaiting ReadyForQuery was sent (for query_timeout).
     busy_since: Option<Instant>,
     timeout_cancel_sent: bool,
@@ -166,6 +170,7 @@ impl Session {
             unnamed: None,
             unnamed_on_server: false,
             startup_params: login.params.clone(),
+            reset_on_success: None,
             busy_since: None,
             timeout_cancel_sent: false,
             idle_since: None,
@@ -307,7 +312,7 @@ impl Session {
             }
             FrontendMessage::Query { sql } => {
                 if let Some(cmd) = local_command(sql)
-                    && self.answer_locally(&cmd)
+                    && self.answer_locally(cmd)
                 {
                     return Ok(Flow::Continue);
                 }
@@ -336,11 +341,19 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Answers DEALLOCATE and DISCARD ALL for the client's own statements. Returns false when
-    /// the server must see the command after all.
-    fn answer_locally(&mut self, cmd: &LocalCommand) -> bool {
-        let tag = match cmd {
-            _ if self.batch_open => return false,
+    /// Answers DEALLOCATE, DISCARD ALL and RESET for the client's own virtual session. Returns
+    /// false when the server must see the command after all.
+    fn answer_locally(&mut self, cmd: LocalCommand) -> bool {
+        if self.batch_open || self.tx != TransactionStatus::Idle {
+            // Inside a transaction Postgres may refuse these (DISCARD ALL), or they act on
+            // state only the server has: let it answer, and follow RESET when it succeeds.
+            if matches!(cmd, LocalCommand::ResetAll | LocalCommand::Reset(_)) {
+                self.reset_on_success = Some(cmd);
+            }
+            return false;
+        }
+        let session_mode = self.mode == PoolMode::Session;
+        let tag = match &cmd {
             LocalCommand::Deallocate(name) => {
                 if self.statements.get(name).is_none() {
                     return false; // an SQL-level PREPARE: the server has it
@@ -348,26 +361,27 @@ impl Session {
                 self.statements.close(name);
                 "DEALLOCATE"
             }
+            LocalCommand::DeallocateAll | LocalCommand::DiscardAll if session_mode => {
+                // These also act on SQL-level state the server holds for this session; the
+                // command tag tells the session to forget its statements.
+                return false;
+            }
             LocalCommand::DeallocateAll => {
-                if self.mode == PoolMode::Session {
-                    self.statements.clear();
-                    return false; // also drops SQL-level statements on the server
-                }
                 self.statements.clear();
                 "DEALLOCATE ALL"
             }
             LocalCommand::DiscardAll => {
-                // Refused inside a transaction block, and in session mode it must reach the
-                // server (temporary tables, SQL-level state).
-                if self.tx != TransactionStatus::Idle || self.mode == PoolMode::Session {
-                    if self.tx == TransactionStatus::Idle {
-                        self.statements.clear();
-                    }
-                    return false;
-                }
                 self.statements.clear();
                 self.desired = self.startup_params.clone();
                 "DISCARD ALL"
+            }
+            LocalCommand::ResetAll | LocalCommand::Reset(_) if session_mode => {
+                self.reset_on_success = Some(cmd);
+                return false;
+            }
+            LocalCommand::ResetAll | LocalCommand::Reset(_) => {
+                self.apply_reset(&cmd);
+                "RESET"
             }
         };
         let mut out = BytesMut::new();
@@ -375,6 +389,35 @@ impl Session {
         self.respond(out.freeze());
         self.respond_ready();
         true
+    }
+
+    /// RESET goes back to what the client asked for at startup, not to the server's defaults.
+    fn apply_reset(&mut self, cmd: &LocalCommand) {
+        match cmd {
+            LocalCommand::ResetAll => self.desired = self.startup_params.clone(),
+            LocalCommand::Reset(name) => match self.startup_params.get(name) {
+                Some(value) => {
+                    self.desired.insert(name.clone(), value.clone());
+                }
+                None => {
+                    self.desired.remove(name);
+                }
+            },
+            _ => {}
+        }
+        if let Some(held) = self.held.as_mut() {
+            // The server now has its defaults: the next checkout applies the client's values.
+            held.server().applied.clear();
+        }
+    }
+
+    /// Answers a message with an error Sentinel raised itself; as after a server error in the
+    /// extended protocol, the client's messages up to its next Sync are dropped.
+    fn refuse(&mut self, code: &str, message: &str) {
+        let mut out = BytesMut::new();
+        encode::error_response(&mut out, "ERROR", code, message, None);
+        self.respond(out.freeze());
+        self.discarding = true;
     }
 
     /// Sends a reply Sentinel produced, in order with the server's replies.
@@ -420,17 +463,37 @@ impl Session {
                         Some(Pending::Parse {
                             swallow: false,
                             name: None,
+                            client: None,
+                        }),
+                    );
+                }
+                if self.statements.get(name).is_some() {
+                    return self.refuse(
+                        "42P05",
+                        &format!("prepared statement \"{name}\" already exists"),
+                    );
+                }
+                if self.tx == TransactionStatus::Failed {
+                    // Postgres refuses it (25P02): let it say so, and map nothing.
+                    return self.send(
+                        raw,
+                        Some(Pending::Parse {
+                            swallow: false,
+                            name: None,
+                            client: None,
                         }),
                     );
                 }
                 let key = &self.shared.statement_key;
-                let stmt = self.statements.prepare(name, sql, param_types, key);
+                let stmt =
+                    self.statements
+                        .prepare(name, sql, param_types, key, &self.pool.generations);
                 if self.server().prepared.contains(&stmt.server_name) {
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
                     self.respond(out.freeze());
                 } else {
-                    self.prepare_on_server(&stmt, false);
+                    self.prepare_on_server(&stmt, false, Some(name.to_owned()));
                 }
             }
             FrontendMessage::Bind {
@@ -439,20 +502,21 @@ impl Session {
                 rest,
             } => {
                 self.batch_open = true;
-                let (name, known) = self.server_statement(statement);
+                let Some((name, stmt)) = self.server_statement(statement) else {
+                    return;
+                };
                 let mut out = BytesMut::new();
                 encode::bind_raw_params(&mut out, portal, &name, rest);
-                let pending = Pending::Bind {
-                    statement: known.then(|| name.into()),
-                };
-                self.send(&out, Some(pending));
+                self.send(&out, Some(Pending::Bind { statement: stmt }));
             }
             FrontendMessage::Describe {
                 kind: TargetKind::Statement,
                 name,
             } => {
                 self.batch_open = true;
-                let (name, _) = self.server_statement(name);
+                let Some((name, _)) = self.server_statement(name) else {
+                    return;
+                };
                 let mut out = BytesMut::new();
                 encode::describe(&mut out, TargetKind::Statement, &name);
                 self.send(&out, Some(Pending::Describe));
@@ -499,8 +563,9 @@ impl Session {
 
     /// The server-side name for a client statement name, preparing it on the held server if
     /// needed. Unknown names go through as they are, so the server reports them as Postgres
-    /// would (unless they could name one of Sentinel's statements).
-    fn server_statement(&mut self, client_name: &str) -> (String, bool) {
+    /// would (unless they could name one of Sentinel's statements). None when Sentinel refused
+    /// the message itself.
+    fn server_statement(&mut self, client_name: &str) -> Option<(String, Option<Arc<Statement>>)> {
         if client_name.is_empty() {
             if !self.unnamed_on_server
                 && let Some(parse) = self.unnamed.clone()
@@ -511,40 +576,41 @@ impl Session {
                     Some(Pending::Parse {
                         swallow: true,
                         name: None,
+                        client: None,
                     }),
                 );
             }
-            return (String::new(), false);
+            return Some((String::new(), None));
         }
         match self.statements.get(client_name).cloned() {
             Some(stmt) => {
                 if !self.server().prepared.contains(&stmt.server_name) {
-                    self.prepare_on_server(&stmt, true);
+                    if self.pool.generations.is_outdated(&stmt) {
+                        // Preparing the old text again would return rows of a shape the client
+                        // did not describe: it gets Postgres's error until it prepares again.
+                        self.refuse("0A000", "cached plan must not change result type");
+                        return None;
+                    }
+                    self.prepare_on_server(&stmt, true, None);
                 }
-                (stmt.server_name.to_string(), true)
+                Some((stmt.server_name.to_string(), Some(stmt)))
             }
             None if client_name.starts_with(SERVER_PREFIX) => {
-                (format!("{client_name}_unknown"), false)
+                Some((format!("{client_name}_unknown"), None))
             }
-            None => (client_name.to_owned(), false),
+            None => Some((client_name.to_owned(), None)),
         }
     }
 
-    fn prepare_on_server(&mut self, stmt: &Statement, swallow: bool) {
+    fn prepare_on_server(&mut self, stmt: &Statement, swallow: bool, client: Option<String>) {
         let name = stmt.server_name.clone();
-        let server = self.server();
-        let stale = server.stale.remove(&name);
-        server.prepared.insert(name.clone());
-        if stale {
-            let mut out = BytesMut::new();
-            encode::close(&mut out, TargetKind::Statement, &name);
-            self.send(&out, Some(Pending::Close { swallow: true }));
-        }
+        self.server().prepared.insert(name.clone());
         self.send(
             &stmt.parse.clone(),
             Some(Pending::Parse {
                 swallow,
                 name: Some(name),
+                client,
             }),
         );
     }
@@ -711,32 +777,20 @@ impl Session {
             unreachable!("tag checked")
         };
         self.copy_in = false;
+        self.reset_on_success = None;
         let code = fields.code().unwrap_or_default();
-        match self.pending.front() {
-            Some(Pending::Parse {
-                name: Some(name), ..
-            }) => {
-                let name = name.clone();
-                self.server().prepared.remove(&name);
+        if let Some(Pending::Bind {
+            statement: Some(stmt),
+        }) = self.pending.front()
+        {
+            let stmt = stmt.clone();
+            // Postgres's routine name, not the (translatable) message, identifies the error.
+            let stale_plan = code == "0A000" && fields.get(b'R') == Some("RevalidateCachedQuery");
+            if stale_plan {
+                self.pool.generations.outdate(&stmt);
+            } else if code == "26000" {
+                self.server().prepared.remove(&stmt.server_name);
             }
-            Some(Pending::Bind {
-                statement: Some(name),
-            }) => {
-                let name = name.clone();
-                let stale_plan = code == "0A000"
-                    && fields
-                        .message()
-                        .is_some_and(|m| m.contains("cached plan must not change result type"));
-                let server = self.server();
-                if stale_plan {
-                    // Re-prepared (after a Close) the next time a client binds it.
-                    server.prepared.remove(&name);
-                    server.stale.insert(name);
-                } else if code == "26000" {
-                    server.prepared.remove(&name);
-                }
-            }
-            _ => {}
         }
         // In the extended protocol the server now skips everything up to the next Sync; if the
         // client has not sent that Sync yet, what it sends until then is dropped here too.
@@ -746,11 +800,14 @@ impl Session {
                 .front()
                 .is_some_and(Pending::skipped_after_error)
             {
-                if let Some(Pending::Parse {
-                    name: Some(name), ..
-                }) = self.pending.pop_front()
-                {
-                    self.server().prepared.remove(&name);
+                // The failed Parse, and any the server skips, leave no statement behind.
+                if let Some(Pending::Parse { name, client, .. }) = self.pending.pop_front() {
+                    if let Some(name) = name {
+                        self.server().prepared.remove(&name);
+                    }
+                    if let Some(client) = client {
+                        self.statements.close(&client);
+                    }
                 }
             }
             if !matches!(self.pending.front(), Some(Pending::Sync)) {
@@ -764,16 +821,25 @@ impl Session {
     /// Learns from command tags what the statement left behind on the server connection.
     fn note_command(&mut self, tag: &str) {
         match tag {
-            "SET" | "RESET" | "LISTEN" | "DECLARE CURSOR" | "CREATE TABLE" | "SET CONSTRAINTS" => {
+            "SET" | "LISTEN" | "DECLARE CURSOR" | "CREATE TABLE" | "SET CONSTRAINTS" => {
                 self.dirty.session = true;
+            }
+            "RESET" => {
+                self.dirty.session = true;
+                if let Some(cmd) = self.reset_on_success.take() {
+                    self.apply_reset(&cmd);
+                }
             }
             "PREPARE" => self.dirty.prepared = true,
             "DEALLOCATE ALL" | "DISCARD ALL" => {
+                // Also when the client ran it through the server (inside a multi-statement
+                // query, the extended protocol or session mode): its statements are gone.
+                self.statements.clear();
                 let server = self.server();
                 server.prepared.clear();
-                server.stale.clear();
                 if tag == "DISCARD ALL" {
                     server.applied.clear();
+                    self.desired = self.startup_params.clone();
                 }
             }
             _ => {}
@@ -904,7 +970,6 @@ impl Session {
                     server.applied.clear();
                     if dirty.prepared || too_many {
                         server.prepared.clear();
-                        server.stale.clear();
                     }
                 }
                 Ok(Some(e)) | Err(e) => {
