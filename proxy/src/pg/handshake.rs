@@ -193,7 +193,12 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
     if let Some(encoding) = params.get("client_encoding") {
         // Sentinel reads query text and server messages as UTF-8 (SQL_ASCII, which C-locale
         // psql asks for, passes bytes unconverted and so is UTF-8 in practice).
-        let normalized = encoding.to_ascii_lowercase().replace(['-', '_'], "");
+        // Postgres ignores everything but letters and digits in encoding names ('utf-8' too).
+        let normalized: String = encoding
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase();
         if !matches!(normalized.as_str(), "utf8" | "unicode" | "sqlascii") {
             return Err(PgError::FeatureNotSupported(
                 "Sentinel supports client_encoding UTF8 only",

@@ -1,7 +1,7 @@
 //! Server connection pools, one per (database, server user). A semaphore bounds the
 //! connections of a pool; idle ones are reused newest first so the oldest age out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -51,7 +51,12 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Plan generations of the statements prepared on this pool's servers.
     pub generations: Generations,
+    /// Server statement names that some server of this pool has prepared successfully.
+    known_statements: Mutex<HashSet<Arc<str>>>,
 }
+
+/// Statements remembered per pool at most; past this, Parse of new texts needs a server.
+const MAX_KNOWN_STATEMENTS: usize = 10_000;
 
 /// A server connection lent to one client. Hand it back with [`Checkout::release`] when clean,
 /// or [`Checkout::discard`] when its state is unknown; dropping it discards it.
@@ -123,6 +128,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             stats: PoolStats::default(),
             generations: Generations::default(),
+            known_statements: Mutex::new(HashSet::new()),
         }
     }
 
@@ -221,6 +227,18 @@ impl Pool {
                 }
             }
             drop(permit);
+        }
+    }
+
+    /// Whether a statement (by server name) has been prepared without error before.
+    pub fn is_known(&self, server_name: &str) -> bool {
+        self.known_statements.lock().contains(server_name)
+    }
+
+    pub fn remember(&self, server_name: Arc<str>) {
+        let mut known = self.known_statements.lock();
+        if known.len() < MAX_KNOWN_STATEMENTS {
+            known.insert(server_name);
         }
     }
 

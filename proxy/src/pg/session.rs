@@ -317,6 +317,24 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
             }
+            FrontendMessage::Parse { name, sql, param_types }
+                if self.held.is_none()
+                    && !name.is_empty()
+                    && self.statements.get(name).is_none() =>
+            {
+                // A statement this pool's servers have prepared before needs no server now:
+                // it is prepared on whichever one runs its first Bind. Waiting for a server
+                // just to prepare could deadlock a client whose other connections hold them all.
+                let key = &self.shared.statement_key;
+                let stmt = Statement::new(sql, param_types, key, &self.pool.generations);
+                if self.pool.is_known(&stmt.server_name) {
+                    self.statements.prepare(name, sql, param_types, key, &self.pool.generations);
+                    let mut out = BytesMut::new();
+                    encode::parse_complete(&mut out);
+                    self.respond(out.freeze());
+                    return Ok(Flow::Continue);
+                }
+            }
             _ => {}
         }
         if let Err(e) = self.ensure_server().await {
@@ -667,8 +685,14 @@ impl Session {
                 self.to_client(frame);
             }
             b::PARSE_COMPLETE => match self.pending.pop_front() {
-                Some(Pending::Parse { swallow: true, .. }) => {}
-                Some(Pending::Parse { swallow: false, .. }) => self.to_client(frame),
+                Some(Pending::Parse { swallow, name, .. }) => {
+                    if let Some(name) = name {
+                        self.pool.remember(name);
+                    }
+                    if !swallow {
+                        self.to_client(frame);
+                    }
+                }
                 _ => return Err(self.out_of_step("ParseComplete")),
             },
             b::BIND_COMPLETE => match self.pending.pop_front() {
