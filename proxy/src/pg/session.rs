@@ -317,18 +317,19 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
             }
-            FrontendMessage::Parse { name, sql, param_types }
-                if self.held.is_none()
-                    && !name.is_empty()
-                    && self.statements.get(name).is_none() =>
-            {
+            FrontendMessage::Parse {
+                name,
+                sql,
+                param_types,
+            } if self.held.is_none() && !name.is_empty() && self.statements.get(name).is_none() => {
                 // A statement this pool's servers have prepared before needs no server now:
                 // it is prepared on whichever one runs its first Bind. Waiting for a server
                 // just to prepare could deadlock a client whose other connections hold them all.
                 let key = &self.shared.statement_key;
                 let stmt = Statement::new(sql, param_types, key, &self.pool.generations);
                 if self.pool.is_known(&stmt.server_name) {
-                    self.statements.prepare(name, sql, param_types, key, &self.pool.generations);
+                    self.statements
+                        .prepare(name, sql, param_types, key, &self.pool.generations);
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
                     self.respond(out.freeze());
