@@ -5,10 +5,14 @@
 #   2. initdb's a fresh Postgres 15 cluster under .sentinel-demo/ (as the postgres OS user when run
 #      as root) on a free port, with a role `app` and a database `app`;
 #   3. loads deploy/rls.sql into `app` if it exists (row-level security and sample tenants);
-#   4. writes .sentinel-demo/sentinel.toml and runs `sentinel run` in the foreground on
-#      127.0.0.1:6432 (or $SENTINEL_DEMO_PORT), after printing the psql line to connect through it.
+#   4. makes a master keyring and an environment salt with `sentinel keys new` (the keyring into
+#      .sentinel-demo/master.key, mode 0600), seals the upstream password of role `app` with
+#      `sentinel seal`, and writes .sentinel-demo/sentinel.toml with the salt, the key file and the
+#      sealed password (no plaintext password in the config);
+#   5. runs `sentinel run` in the foreground on 127.0.0.1:6432 (or $SENTINEL_DEMO_PORT), after
+#      printing the psql line to connect through it.
 # Ctrl-C stops Sentinel and then Postgres. SENTINEL_BIN=<path> uses a prebuilt binary instead of
-# building one. Every run starts from a fresh cluster; passwords are
+# building one. Every run starts from a fresh cluster and fresh keys; passwords are
 # random per run and printed here, for the demo only.
 set -euo pipefail
 
@@ -114,11 +118,25 @@ verifier="$(printf '%s' "$client_password" | "$bin" scram-verifier)" ||
     die "sentinel scram-verifier failed"
 [[ "$verifier" == SCRAM-SHA-256\$* ]] || die "unexpected verifier: $verifier"
 
+say "making a master keyring and a salt (sentinel keys new)"
+"$bin" keys new >"$demo/keys.txt" 2>/dev/null || die "sentinel keys new failed"
+keyring="$(sed -n 's/^SENTINEL_MASTER_KEY=//p' "$demo/keys.txt")"
+salt_line="$(grep '^salt = ' "$demo/keys.txt" || true)"
+rm -f "$demo/keys.txt"
+[[ -n "$keyring" && -n "$salt_line" ]] || die "unexpected output from sentinel keys new"
+(umask 077 && printf '%s\n' "$keyring" >"$demo/master.key")
+unset keyring
+
 cat >"$demo/sentinel.toml" <<EOF
 # Written by scripts/demo.sh; see deploy/sentinel.example.toml for every option.
 [process]
 threads = 2
 shutdown_grace = "5s"
+
+[keys]
+$salt_line
+# The master keyring (secret, mode 0600); rotate it with \`sentinel keys rotate\`.
+master_key_file = "$demo/master.key"
 
 [postgres]
 listen = "127.0.0.1:$listen_port"
@@ -135,11 +153,20 @@ name = "app"
 auth = "scram-sha-256"
 scram_verifier = "$verifier"
 server_user = "app"
-server_password_env = "SENTINEL_PG_PASSWORD"
 EOF
+
+say "sealing the password of role app (sentinel seal)"
+sealed="$(printf '%s' "$app_password" |
+    "$bin" seal --config "$demo/sentinel.toml" --for-user app 2>/dev/null)" ||
+    die "sentinel seal failed"
+[[ "$sealed" == sealed:v1:* ]] || die "unexpected output from sentinel seal"
+printf '# Sealed with the master keyring by `sentinel seal --for-user app`.\n' >>"$demo/sentinel.toml"
+printf 'server_password_sealed = "%s"\n' "$sealed" >>"$demo/sentinel.toml"
 
 "$bin" check-config --config "$demo/sentinel.toml" >/dev/null ||
     die "sentinel check-config rejected $demo/sentinel.toml"
+"$bin" keys check --config "$demo/sentinel.toml" >/dev/null ||
+    die "sentinel keys check: the keyring does not open $demo/sentinel.toml"
 
 cat <<EOF
 
@@ -152,8 +179,9 @@ cat <<EOF
     psql "postgresql://postgres:$su_password@127.0.0.1:$pg_port/app"
 
   Config: $demo/sentinel.toml    Postgres log: $pgdir/postgres.log
+  Master keyring: $demo/master.key (the config holds only the salt and sealed values)
   Ctrl-C stops Sentinel and Postgres.
 
 EOF
 
-SENTINEL_PG_PASSWORD="$app_password" "$bin" run --config "$demo/sentinel.toml"
+"$bin" run --config "$demo/sentinel.toml"

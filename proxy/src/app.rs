@@ -12,23 +12,27 @@ use pingora::services::listening::Service;
 use crate::config::Config;
 use crate::drain::DrainWatcher;
 use crate::pg::{PgService, PgShared, PoolMaintenance};
+use crate::secrets::Secrets;
 
 /// Seconds pingora waits for runtimes to stop after the grace period.
 const RUNTIME_SHUTDOWN_SECS: u64 = 2;
 
-/// Starts every service and runs until a signal ends the process (SIGTERM: graceful).
-pub fn run(config: Config) -> anyhow::Result<std::convert::Infallible> {
+/// Starts every service and runs until a signal ends the process (SIGTERM: graceful). `secrets`
+/// is the keyring and salt, already proven to open every sealed value of `config`.
+pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert::Infallible> {
     let config = Arc::new(config);
-    let mut conf = ServerConf::default();
-    conf.threads = config.process.threads;
-    // Sessions close their clients at the end of shutdown_grace; pingora then needs a moment
-    // to let them say goodbye before it stops the runtimes.
-    conf.grace_period_seconds = Some(config.process.shutdown_grace.as_secs() + 1);
-    conf.graceful_shutdown_timeout_seconds = Some(RUNTIME_SHUTDOWN_SECS);
+    let conf = ServerConf {
+        threads: config.process.threads,
+        // Sessions close their clients at the end of shutdown_grace; pingora then needs a
+        // moment to let them say goodbye before it stops the runtimes.
+        grace_period_seconds: Some(config.process.shutdown_grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let pg = Arc::new(PgShared::new(config.clone())?);
+    let pg = Arc::new(PgShared::new(config.clone(), secrets)?);
     let mut pg_service = Service::new("postgres".to_owned(), PgService::new(pg.clone()));
     pg_service.add_tcp(&config.postgres.listen.to_string());
     server.add_service(pg_service);

@@ -1,13 +1,23 @@
-//! Command line: `sentinel run`, `sentinel check-config`, `sentinel scram-verifier`.
+//! Command line: `sentinel run`, `sentinel check-config`, `sentinel scram-verifier`, and the key
+//! commands `sentinel keys new|rotate|drop|check`, `sentinel seal`, `sentinel token issue`,
+//! `sentinel vkey issue`.
+//!
+//! Every command that needs the master keyring reads it like `run` does: from
+//! `SENTINEL_MASTER_KEY`, or from the file named by `[keys] master_key_file` in the config.
+//! Secrets are never taken as arguments (they would show in `ps` and shell history): `seal` reads
+//! its secret on stdin.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::pg::auth::scram::ScramVerifier;
+use crate::secrets::commands::{self, SealFor};
+use crate::secrets::{Secrets, reachable_sealed_values};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -24,36 +34,156 @@ struct Cli {
     command: Command,
 }
 
+/// `--config`, shared by every command that reads one.
+#[derive(clap::Args)]
+struct ConfigArg {
+    #[arg(long, short, default_value = "sentinel.toml")]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sidecar.
+    /// Run the sidecar. Needs the master keyring (SENTINEL_MASTER_KEY or [keys] master_key_file)
+    /// and [keys] salt, and opens every sealed value of the config before it serves.
     Run {
-        #[arg(long, short, default_value = "sentinel.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Load and validate a configuration file, then exit.
+    /// Load and validate a configuration file, then exit (the keyring is not needed).
     CheckConfig {
-        #[arg(long, short, default_value = "sentinel.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Read a password on stdin and print its SCRAM-SHA-256 verifier for `scram_verifier`.
     ScramVerifier,
+    /// Make, rotate, drop and check master keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Read a secret on stdin (one line) and print it sealed for the config file.
+    ///
+    /// Upstream passwords are sealed for the context `postgres.users.<name>.server_password`
+    /// (`--for-user <name>` says just that); the sealed value goes in that user's
+    /// `server_password_sealed`, or in its `server_password_env` variable or
+    /// `server_password_file`.
+    Seal {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The field the secret is for, e.g. `postgres.users.app.server_password`.
+        #[arg(
+            long,
+            required_unless_present = "for_user",
+            conflicts_with = "for_user"
+        )]
+        context: Option<String>,
+        /// Seal the upstream password of this configured user.
+        #[arg(long)]
+        for_user: Option<String>,
+    },
+    /// Tenant tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Virtual LLM keys.
+    #[command(subcommand)]
+    Vkey(VkeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new keyring (for SENTINEL_MASTER_KEY or a key file) and a new salt (for [keys]).
+    New {
+        /// Id of the new key.
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
+    /// Add a new current key, re-seal every sealed value of the config with it, keep the old
+    /// keys. Prints the new keyring (or rewrites [keys] master_key_file).
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Id of the new key (default: k<n+1> after the highest k<n>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Remove an old key once nothing in the config is sealed with it. Prints the new keyring
+    /// (or rewrites [keys] master_key_file).
+    Drop {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Id of the key to remove.
+        #[arg(long)]
+        id: String,
+    },
+    /// Prove the keyring opens every sealed value of the config (exit 1 naming the field if not).
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a tenant token (`stk1.…`).
+    Issue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// How long the token is valid (e.g. 24h, 30d); without it, it never expires.
+        #[arg(long)]
+        ttl: Option<humantime_serde::re::humantime::Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VkeyCommand {
+    /// Print a virtual LLM key (`sk-stn-…`) for a tenant, with a fresh random key id.
+    Issue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(crate::app::run)
-            .map(|_| ()),
-        Command::CheckConfig { config } => Config::load(&config)
+        Command::Run { config } => run(&config.config),
+        Command::CheckConfig { config } => Config::load(&config.config)
             .map(|_| {
-                eprintln!("{}: ok", config.display());
+                eprintln!("{}: ok", config.config.display());
             })
             .map_err(anyhow::Error::from),
         Command::ScramVerifier => scram_verifier(),
+        Command::Keys(KeysCommand::New { id }) => commands::keys_new(&id),
+        Command::Keys(KeysCommand::Rotate { config, id }) => {
+            commands::keys_rotate(&config.config, id.as_deref())
+        }
+        Command::Keys(KeysCommand::Drop { config, id }) => commands::keys_drop(&config.config, &id),
+        Command::Keys(KeysCommand::Check { config }) => commands::keys_check(&config.config),
+        Command::Seal {
+            config,
+            context,
+            for_user,
+        } => {
+            let target = match (&context, &for_user) {
+                (Some(context), _) => SealFor::Context(context),
+                (None, Some(user)) => SealFor::User(user),
+                (None, None) => SealFor::Context(""),
+            };
+            commands::seal(&config.config, target)
+        }
+        Command::Token(TokenCommand::Issue {
+            config,
+            tenant,
+            ttl,
+        }) => commands::token_issue(&config.config, &tenant, ttl.map(Into::into)),
+        Command::Vkey(VkeyCommand::Issue { config, tenant }) => {
+            commands::vkey_issue(&config.config, &tenant)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +192,27 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sentinel run`: refuses to start without the keyring and the salt, and unless the keyring
+/// opens every sealed value the config reaches.
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let secrets = Secrets::load(&config)?;
+    let proof = secrets.prove(&reachable_sealed_values(&config))?;
+    tracing::info!(
+        keys = %secrets.key_ids(),
+        current = %secrets.keyring().current_id(),
+        sealed_values = proof.opened,
+        "keyring loaded; it opens every sealed value of the config"
+    );
+    if !proof.older.is_empty() {
+        tracing::warn!(
+            fields = %proof.older.join(", "),
+            "sealed with an older key; `sentinel keys rotate` re-seals them"
+        );
+    }
+    crate::app::run(config, Arc::new(secrets)).map(|_| ())
 }
 
 fn scram_verifier() -> anyhow::Result<()> {

@@ -1,8 +1,11 @@
 //! `sentinel.toml`: typed, validated whole before anything uses it.
 //!
 //! Every section denies unknown fields, so a typo is an error that names the field rather than a
-//! setting silently ignored. Secrets never live here: passwords are named by environment
-//! variable or file and read when needed.
+//! setting silently ignored. Secrets never live here in the clear: upstream passwords are named by
+//! environment variable or file and read when needed, or written sealed (`sealed:v1:…`, made by
+//! `sentinel seal`) and opened with the master keyring. The keyring itself never lives here either
+//! (`SENTINEL_MASTER_KEY` or the file named by `[keys] master_key_file`); `[keys] salt`, the
+//! per-environment salt, is not a secret.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use sentinel_policy::keys::{EnvSalt, is_sealed, sealed_key_id};
+
 use crate::pg::auth::scram::ScramVerifier;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -18,7 +23,52 @@ use crate::pg::auth::scram::ScramVerifier;
 pub struct Config {
     #[serde(default)]
     pub process: ProcessConfig,
+    /// Required in substance: `salt` must be set (validated with a message that says how).
+    #[serde(default)]
+    pub keys: KeysConfig,
     pub postgres: PostgresConfig,
+}
+
+/// `[keys]`: where the master keyring comes from, and this environment's salt.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The per-environment salt (standard base64 of 32 random bytes, printed by
+    /// `sentinel keys new`). Not a secret, but every environment needs its own.
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// A file holding the keyring text (`k2:<base64>,k1:<base64>`, first entry current). Without
+    /// it, the keyring is read from the `SENTINEL_MASTER_KEY` environment variable.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl KeysConfig {
+    /// The parsed salt. `validate` has checked it, so this fails only on a config that was not
+    /// validated.
+    pub fn env_salt(&self) -> Result<EnvSalt, ConfigError> {
+        let text = self.salt.as_deref().ok_or_else(missing_salt)?;
+        EnvSalt::from_base64(text).map_err(|e| invalid("keys.salt", e.to_string()))
+    }
+}
+
+fn missing_salt() -> ConfigError {
+    invalid(
+        "keys.salt",
+        "missing: every environment needs its own salt. Make one (with a master key) with \
+         `sentinel keys new` and put the `salt = \"...\"` line it prints under [keys]",
+    )
+}
+
+/// A sealed value the config holds, with the field it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedField {
+    /// Where it is in the config, for messages: `postgres.users[0].server_password_sealed`.
+    pub field: String,
+    /// The context it is sealed for (part of the AEAD's associated data).
+    pub context: String,
+    /// The sealed text (`sealed:v1:<key id>:<data>`): ciphertext, not a secret.
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +234,10 @@ pub struct UserConfig {
     pub server_password_env: Option<String>,
     #[serde(default)]
     pub server_password_file: Option<PathBuf>,
+    /// The upstream password sealed with the master keyring (`sentinel seal --for-user <name>`),
+    /// for the context [`UserConfig::server_password_context`].
+    #[serde(default)]
+    pub server_password_sealed: Option<String>,
     /// Databases whose pools are opened at start, so min_pool_size holds before the first
     /// client arrives. Empty: the database named like the user, as Postgres defaults.
     #[serde(default)]
@@ -204,22 +258,84 @@ impl UserConfig {
         self.server_user.as_deref().unwrap_or(&self.name)
     }
 
+    /// The context the upstream password is sealed for, wherever the sealed value is kept
+    /// (`server_password_sealed`, or an environment variable or file holding a sealed value):
+    /// `postgres.users.<name>.server_password`. `sentinel seal --for-user <name>` uses it.
+    pub fn server_password_context(&self) -> String {
+        server_password_context(&self.name)
+    }
+
     /// Where the upstream password comes from.
     pub fn server_password(&self) -> PasswordSource {
-        match (&self.server_password_env, &self.server_password_file) {
-            (Some(var), _) => PasswordSource::Env(var.clone()),
-            (None, Some(path)) => PasswordSource::File(path.clone()),
-            (None, None) => PasswordSource::None,
+        let context = self.server_password_context();
+        match (
+            &self.server_password_sealed,
+            &self.server_password_env,
+            &self.server_password_file,
+        ) {
+            (Some(value), _, _) => PasswordSource::Sealed {
+                value: value.clone(),
+                context,
+            },
+            (None, Some(var), _) => PasswordSource::Env {
+                var: var.clone(),
+                context,
+            },
+            (None, None, Some(path)) => PasswordSource::File {
+                path: path.clone(),
+                context,
+            },
+            (None, None, None) => PasswordSource::None,
         }
     }
 }
 
+/// The sealing context of a user's upstream password: `postgres.users.<name>.server_password`.
+pub fn server_password_context(user: &str) -> String {
+    format!("postgres.users.{user}.server_password")
+}
+
 /// Where an upstream password is read from, at connect time (so a rotated file is picked up).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A value read from an environment variable or a file that starts with `sealed:` is a sealed
+/// value and is opened for `context`.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PasswordSource {
     None,
-    Env(String),
-    File(PathBuf),
+    Env {
+        var: String,
+        context: String,
+    },
+    File {
+        path: PathBuf,
+        context: String,
+    },
+    /// Sealed in the config itself.
+    Sealed {
+        value: String,
+        context: String,
+    },
+}
+
+impl std::fmt::Debug for PasswordSource {
+    /// The sealed text is ciphertext, but it stays out of logs all the same: only its key id.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordSource::None => f.write_str("None"),
+            PasswordSource::Env { var, .. } => f.debug_struct("Env").field("var", var).finish(),
+            PasswordSource::File { path, .. } => {
+                f.debug_struct("File").field("path", path).finish()
+            }
+            PasswordSource::Sealed { value, .. } => {
+                let key = sealed_key_id(value)
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|_| "?".to_owned());
+                f.debug_struct("Sealed")
+                    .field("key", &key)
+                    .field("value", &"<redacted>")
+                    .finish()
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +389,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.process.threads == 0 {
             return Err(invalid("process.threads", "must be at least 1"));
+        }
+        self.keys.env_salt()?;
+        if let Some(path) = &self.keys.master_key_file
+            && path.as_os_str().is_empty()
+        {
+            return Err(invalid("keys.master_key_file", "must not be empty"));
         }
         let pg = &self.postgres;
         if pg.pool_size == 0 {
@@ -345,22 +467,71 @@ impl Config {
                 }
                 (ClientAuth::Trust, None) => {}
             }
-            if user.server_password_env.is_some() && user.server_password_file.is_some() {
+            let sources = [
+                user.server_password_sealed.is_some(),
+                user.server_password_env.is_some(),
+                user.server_password_file.is_some(),
+            ];
+            if sources.iter().filter(|&&given| given).count() > 1 {
+                let first = if user.server_password_sealed.is_some() {
+                    "server_password_sealed"
+                } else {
+                    "server_password_env"
+                };
                 return Err(invalid(
-                    field("server_password_env"),
-                    "give server_password_env or server_password_file, not both",
+                    field(first),
+                    "give one of server_password_sealed, server_password_env and \
+                     server_password_file",
                 ));
+            }
+            if let Some(value) = &user.server_password_sealed {
+                check_sealed(value).map_err(|e| invalid(field("server_password_sealed"), e))?;
             }
         }
         Ok(())
     }
+
+    /// Every sealed value written in the config, with its field and context. `sentinel keys
+    /// check` and `rotate` and the start-up check go through this list, so a new sealed field
+    /// is added here.
+    pub fn sealed_fields(&self) -> Vec<SealedField> {
+        let mut out = Vec::new();
+        for (i, user) in self.postgres.users.iter().enumerate() {
+            if let Some(value) = &user.server_password_sealed {
+                out.push(SealedField {
+                    field: format!("postgres.users[{i}].server_password_sealed"),
+                    context: user.server_password_context(),
+                    value: value.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A config field meant to hold a sealed value must hold a well-formed one: plaintext there is a
+/// secret in the clear.
+fn check_sealed(value: &str) -> Result<(), String> {
+    if !is_sealed(value) {
+        return Err(
+            "must be a sealed value (`sealed:v1:...`, printed by `sentinel seal`), never the \
+             password itself"
+                .to_owned(),
+        );
+    }
+    sealed_key_id(value).map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const SALT: &str = "46TaY3MHFe+hUwfJlWEhphIPQoXgmg2UV42DWWLQDEk=";
+
     const MINIMAL: &str = r#"
+[keys]
+salt = "46TaY3MHFe+hUwfJlWEhphIPQoXgmg2UV42DWWLQDEk="
+
 [postgres.upstream]
 host = "127.0.0.1"
 
@@ -390,8 +561,8 @@ auth = "trust"
     fn invalid_values_name_the_field() {
         let text = format!("{MINIMAL}\n");
         let text = text.replace(
-            "[postgres.upstream]",
-            "[postgres]\npool_size = 0\n[postgres.upstream]",
+            "\n[postgres.upstream]",
+            "\n[postgres]\npool_size = 0\n[postgres.upstream]",
         );
         let err = Config::parse(&text).expect_err("pool_size 0").to_string();
         assert!(err.starts_with("postgres.pool_size"), "{err}");
@@ -406,6 +577,112 @@ auth = "trust"
         );
         let err = Config::parse(&text).expect_err("bad verifier").to_string();
         assert!(err.starts_with("postgres.users[0].scram_verifier"), "{err}");
+    }
+
+    /// A well-formed sealed value (its data is random, it opens with no key).
+    const SEALED: &str =
+        "sealed:v1:k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKiss";
+
+    #[test]
+    fn keys_salt_is_required_and_checked() {
+        let text = MINIMAL.replace(&format!("salt = \"{SALT}\""), "");
+        let err = Config::parse(&text).expect_err("no salt").to_string();
+        assert!(err.starts_with("keys.salt: missing"), "{err}");
+        assert!(err.contains("sentinel keys new"), "{err}");
+
+        let text = MINIMAL.replace(SALT, "c2hvcnQ=");
+        let err = Config::parse(&text).expect_err("short salt").to_string();
+        assert!(err.starts_with("keys.salt:"), "{err}");
+        assert!(err.contains("32"), "{err}");
+
+        let text = MINIMAL.replace(
+            "[keys]",
+            "[keys]\nmaster_key_file = \"/etc/sentinel/master.key\"",
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(
+            c.keys.master_key_file.as_deref(),
+            Some(Path::new("/etc/sentinel/master.key"))
+        );
+        c.keys.env_salt().expect("salt parses");
+
+        let text = MINIMAL.replace("[keys]", "[keys]\nmaster_key = \"k1:x\"");
+        let err = Config::parse(&text).expect_err("unknown field").to_string();
+        assert!(err.contains("master_key"), "{err}");
+    }
+
+    #[test]
+    fn sealed_server_password() {
+        let text = MINIMAL.replace(
+            "auth = \"trust\"",
+            &format!("auth = \"trust\"\nserver_password_sealed = \"{SEALED}\""),
+        );
+        let c = Config::parse(&text).expect("valid");
+        let user = &c.postgres.users[0];
+        assert_eq!(
+            user.server_password(),
+            PasswordSource::Sealed {
+                value: SEALED.to_owned(),
+                context: "postgres.users.app.server_password".to_owned(),
+            }
+        );
+        let debug = format!("{:?}", user.server_password());
+        assert!(!debug.contains(SEALED), "{debug}");
+        assert!(debug.contains("k1"), "{debug}");
+        assert_eq!(
+            c.sealed_fields(),
+            vec![SealedField {
+                field: "postgres.users[0].server_password_sealed".to_owned(),
+                context: "postgres.users.app.server_password".to_owned(),
+                value: SEALED.to_owned(),
+            }]
+        );
+
+        // Plaintext where a sealed value belongs is refused, naming the field.
+        let text = MINIMAL.replace(
+            "auth = \"trust\"",
+            "auth = \"trust\"\nserver_password_sealed = \"hunter2\"",
+        );
+        let err = Config::parse(&text).expect_err("plaintext").to_string();
+        assert!(
+            err.starts_with("postgres.users[0].server_password_sealed: must be a sealed value"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+
+        let text = MINIMAL.replace(
+            "auth = \"trust\"",
+            "auth = \"trust\"\nserver_password_sealed = \"sealed:v9:k1:AAAA\"",
+        );
+        let err = Config::parse(&text).expect_err("version").to_string();
+        assert!(err.contains("format version"), "{err}");
+
+        // One source only.
+        let text = MINIMAL.replace(
+            "auth = \"trust\"",
+            &format!(
+                "auth = \"trust\"\nserver_password_sealed = \"{SEALED}\"\nserver_password_env = \"X\""
+            ),
+        );
+        let err = Config::parse(&text).expect_err("two sources").to_string();
+        assert!(
+            err.starts_with("postgres.users[0].server_password_sealed: give one of"),
+            "{err}"
+        );
+
+        let text = MINIMAL.replace(
+            "auth = \"trust\"",
+            "auth = \"trust\"\nserver_password_env = \"X\"",
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(
+            c.postgres.users[0].server_password(),
+            PasswordSource::Env {
+                var: "X".to_owned(),
+                context: "postgres.users.app.server_password".to_owned(),
+            }
+        );
+        assert!(c.sealed_fields().is_empty());
     }
 
     #[test]

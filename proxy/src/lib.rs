@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 mod drain;
 pub mod pg;
+pub mod secrets;
 mod telemetry;

@@ -5,7 +5,14 @@
 //! TOML of `deploy/sentinel.example.toml` with every option spelled out, so a test never depends
 //! on a default it did not see. Server passwords never appear in the TOML: like in production they
 //! travel in environment variables, which [`SentinelConfig::env`] lists and
-//! [`SentinelProcess::start_with`](crate::sentinel::SentinelProcess::start_with) passes on.
+//! [`SentinelProcess::start_with`](crate::sentinel::SentinelProcess::start_with) passes on (or
+//! sealed, with [`SentinelConfig::server_password_sealed`]).
+//!
+//! Keys: every config gets a fresh random master keyring (`k1`, passed as `SENTINEL_MASTER_KEY`
+//! in [`SentinelConfig::env`]) and a fresh environment salt (`[keys] salt`), made with the policy
+//! crate. [`SentinelConfig::master_key`], [`SentinelConfig::salt`],
+//! [`SentinelConfig::master_key_file`], [`SentinelConfig::without_master_key`] and
+//! [`SentinelConfig::without_salt`] override them.
 //!
 //! Options this builder does not know yet can be set with [`SentinelConfig::option`] (a key of an
 //! existing table) or [`SentinelConfig::extra_toml`] (whole new tables), so new features can be
@@ -16,8 +23,28 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rand::rngs::OsRng;
+use sentinel_policy::keys::{EnvSalt, KeyId, Keyring};
+
 use crate::pg::{PgCluster, TestDb};
 use crate::sentinel::free_port;
+
+/// The environment variable Sentinel reads the master keyring from.
+pub const MASTER_KEY_ENV: &str = "SENTINEL_MASTER_KEY";
+
+/// A new random keyring of one key with id `id`, in its text form (`id:<base64>`).
+pub fn new_keyring_text(id: &str) -> String {
+    let id = KeyId::new(id).expect("a valid key id ([a-z0-9]{1,16})");
+    let ring = Keyring::generate(id, &mut OsRng).expect("the OS random number generator works");
+    ring.render().as_str().to_owned()
+}
+
+/// A new random environment salt, standard base64.
+pub fn new_salt() -> String {
+    EnvSalt::generate(&mut OsRng)
+        .expect("the OS random number generator works")
+        .to_base64()
+}
 
 /// How a client authenticates to Sentinel as a configured user.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +84,7 @@ struct User {
     server_user: String,
     server_password_env: Option<String>,
     server_password_file: Option<PathBuf>,
+    server_password_sealed: Option<String>,
 }
 
 /// Builds a `sentinel.toml`; see the module docs. Every setter consumes and returns the builder.
@@ -105,7 +133,9 @@ impl SentinelConfig {
             users: Vec::new(),
             env: Vec::new(),
             extra: String::new(),
-        };
+        }
+        .master_key(&new_keyring_text("k1"))
+        .salt(&new_salt());
         let defaults: &[(&str, &str, &str)] = &[
             ("process", "threads", "2"),
             ("process", "shutdown_grace", "\"5s\""),
@@ -134,13 +164,19 @@ impl SentinelConfig {
         cfg
     }
 
-    /// Sets `key = <raw TOML value>` in `[table]` (`process`, `postgres`, `postgres.upstream`;
-    /// not `postgres.users`). Overrides the builder's own value for that key.
+    /// Sets `key = <raw TOML value>` in `[table]` (`process`, `keys`, `postgres`,
+    /// `postgres.upstream`; not `postgres.users`). Overrides the builder's own value for that key.
     pub fn option(mut self, table: &str, key: &str, raw_toml_value: &str) -> Self {
         self.options.insert(
             (table.to_owned(), key.to_owned()),
             raw_toml_value.to_owned(),
         );
+        self
+    }
+
+    /// Removes `key` from `[table]` (the key is then absent from the TOML).
+    pub fn remove_option(mut self, table: &str, key: &str) -> Self {
+        self.options.remove(&(table.to_owned(), key.to_owned()));
         self
     }
 
@@ -263,6 +299,7 @@ impl SentinelConfig {
             server_user: server_user.to_owned(),
             server_password_env: None,
             server_password_file: None,
+            server_password_sealed: None,
         });
         self
     }
@@ -298,10 +335,92 @@ impl SentinelConfig {
         self
     }
 
-    /// Adds an environment variable for the Sentinel process (e.g. `SENTINEL_MASTER_KEY`).
+    /// The last added user's `server_password_sealed` (a `sealed:v1:…` value, e.g. from
+    /// `sentinel seal --for-user`).
+    pub fn server_password_sealed(mut self, sealed: &str) -> Self {
+        if let Some(user) = self.users.last_mut() {
+            user.server_password_sealed = Some(sealed.to_owned());
+        }
+        self
+    }
+
+    /// `server_password_sealed` of the user named `name` (added before; ignored otherwise).
+    pub fn server_password_sealed_for(mut self, name: &str, sealed: &str) -> Self {
+        if let Some(user) = self.users.iter_mut().find(|u| u.name == name) {
+            user.server_password_sealed = Some(sealed.to_owned());
+        }
+        self
+    }
+
+    /// `server_password_file` of the user named `name` (added before; ignored otherwise).
+    pub fn server_password_file_for(mut self, name: &str, path: &Path) -> Self {
+        if let Some(user) = self.users.iter_mut().find(|u| u.name == name) {
+            user.server_password_file = Some(path.to_owned());
+        }
+        self
+    }
+
+    /// Adds an environment variable for the Sentinel process; replaces one of the same name.
     pub fn env_var(mut self, name: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != name);
         self.env.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Removes an environment variable from [`env`](Self::env).
+    pub fn without_env_var(mut self, name: &str) -> Self {
+        self.env.retain(|(k, _)| k != name);
+        self
+    }
+
+    /// The master keyring text (`k2:<base64>,k1:<base64>`) passed as `SENTINEL_MASTER_KEY`,
+    /// instead of the fresh one every config gets.
+    pub fn master_key(self, keyring_text: &str) -> Self {
+        self.env_var(MASTER_KEY_ENV, keyring_text)
+    }
+
+    /// No `SENTINEL_MASTER_KEY` at all (Sentinel must refuse to start without a
+    /// `master_key_file`).
+    pub fn without_master_key(self) -> Self {
+        self.without_env_var(MASTER_KEY_ENV)
+    }
+
+    /// `[keys] master_key_file`: the keyring is read from this file, so `SENTINEL_MASTER_KEY`
+    /// is no longer passed (Sentinel refuses both at once). The test writes the file.
+    pub fn master_key_file(self, path: &Path) -> Self {
+        let value = toml_str(&path.display().to_string());
+        self.without_master_key()
+            .option("keys", "master_key_file", &value)
+    }
+
+    /// The keyring text passed as `SENTINEL_MASTER_KEY`, if any.
+    pub fn master_key_text(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == MASTER_KEY_ENV)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `[keys] salt` (standard base64 of 32 random bytes), instead of the fresh one every config
+    /// gets.
+    pub fn salt(self, salt_base64: &str) -> Self {
+        let value = toml_str(salt_base64);
+        self.option("keys", "salt", &value)
+    }
+
+    /// No `[keys] salt` (Sentinel must refuse to start).
+    pub fn without_salt(self) -> Self {
+        self.remove_option("keys", "salt")
+    }
+
+    /// `[keys] salt`, if set.
+    pub fn salt_base64(&self) -> Option<String> {
+        let raw = self.options.get(&("keys".to_owned(), "salt".to_owned()))?;
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()?
+            .get("v")?
+            .as_str()
+            .map(str::to_owned)
     }
 
     /// The Postgres listen port.
@@ -309,9 +428,27 @@ impl SentinelConfig {
         self.listen_port
     }
 
-    /// Environment variables the Sentinel process needs (server passwords, ...).
+    /// Environment variables the Sentinel process needs (the master keyring, server
+    /// passwords, ...).
     pub fn env(&self) -> &[(String, String)] {
         &self.env
+    }
+
+    /// [`env`](Self::env) as string pairs, the form [`SentinelProcess::start`] and
+    /// [`run_sentinel`](crate::sentinel::run_sentinel) take.
+    ///
+    /// [`SentinelProcess::start`]: crate::sentinel::SentinelProcess::start
+    pub fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Writes the TOML to `path` (for tests that run `sentinel` commands on a config file).
+    pub fn write_to(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, self.render())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 
     /// The TOML text.
@@ -322,7 +459,11 @@ impl SentinelConfig {
             ("host".to_owned(), toml_str(&self.upstream_host)),
             ("port".to_owned(), self.upstream_port.to_string()),
         ];
-        for table in ["process", "postgres", "postgres.upstream"] {
+        const KNOWN: [&str; 4] = ["process", "keys", "postgres", "postgres.upstream"];
+        for table in KNOWN {
+            if table == "keys" && !self.options.keys().any(|(t, _)| t == "keys") {
+                continue;
+            }
             let _ = writeln!(out, "\n[{table}]");
             if table == "postgres"
                 && let Some(listen) = listen.take()
@@ -345,7 +486,7 @@ impl SentinelConfig {
             .options
             .keys()
             .map(|(t, _)| t.as_str())
-            .filter(|t| !["process", "postgres", "postgres.upstream"].contains(t))
+            .filter(|t| !KNOWN.contains(t))
             .collect();
         other_tables.dedup();
         for table in other_tables {
@@ -373,6 +514,9 @@ impl SentinelConfig {
             if let Some(path) = &user.server_password_file {
                 let path = path.display().to_string();
                 let _ = writeln!(out, "server_password_file = {}", toml_str(&path));
+            }
+            if let Some(sealed) = &user.server_password_sealed {
+                let _ = writeln!(out, "server_password_sealed = {}", toml_str(sealed));
             }
         }
         out.push_str(&self.extra);

@@ -18,4 +18,4 @@ pub mod sentinel;
 pub use clients::{connect_direct, connect_via_sentinel};
 pub use config::{Auth, PoolMode, SentinelConfig};
 pub use pg::{PgCluster, TestDb, shared_cluster};
-pub use sentinel::{SentinelProcess, free_port};
+pub use sentinel::{CliOutput, SentinelProcess, free_port, run_sentinel};

@@ -5,6 +5,10 @@
 //! <file>` as a child: config in a temp file, stdout and stderr captured to a file that tests can
 //! read ([`SentinelProcess::logs`]), killed when the handle drops (and by a [`Reaper`] should the
 //! test process die first).
+//!
+//! The other commands of the binary (`sentinel keys …`, `sentinel seal`, `sentinel token issue`,
+//! …) run to completion with [`run_sentinel`]. Neither path lets a `SENTINEL_MASTER_KEY` of the
+//! test process through: the child gets exactly the master key the test gives it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -14,11 +18,97 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
+use crate::config::MASTER_KEY_ENV;
 pub use crate::config::{Auth, PoolMode, SentinelConfig};
 use crate::reaper::Reaper;
 
 /// How long Sentinel may take to accept TCP connections on its Postgres port.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a `sentinel` command run by [`run_sentinel`] may take.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a finished `sentinel` command printed, and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Exit status 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The exit code (`None` when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// stdout and stderr together, for assertions on "anything it printed".
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// Fails with everything the command printed unless it exited 0.
+    pub fn ok(self) -> Result<Self> {
+        if self.success() {
+            Ok(self)
+        } else {
+            bail!(
+                "sentinel exited with {}:\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                self.stdout,
+                self.stderr
+            )
+        }
+    }
+}
+
+/// Runs the sentinel binary (see [`sentinel_binary`]) with `args` and `env` (and no inherited
+/// `SENTINEL_MASTER_KEY`), feeding it `stdin`, and waits for it to exit (at most
+/// [`CLI_TIMEOUT`]). E.g. `run_sentinel(&["keys", "check", "--config", path], &env, None)`.
+pub async fn run_sentinel<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Result<CliOutput> {
+    use tokio::io::AsyncWriteExt as _;
+    let bin = sentinel_binary()?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.args(args)
+        .env_remove(MASTER_KEY_ENV)
+        .env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input).await.context("writing to stdin")?;
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .with_context(|| format!("sentinel did not exit within {CLI_TIMEOUT:?}"))?
+        .context("waiting for sentinel")?;
+    Ok(CliOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
 
 /// A port that was free a moment ago on 127.0.0.1 (bind to port 0, read it, close). Another
 /// process may grab it before ours binds it; that is rare enough for tests. Panics if no port
@@ -98,18 +188,14 @@ impl SentinelProcess {
         Self::start_binary(&bin, config_toml, env).await
     }
 
-    /// [`start`](Self::start) with a [`SentinelConfig`] and the environment it lists.
+    /// [`start`](Self::start) with a [`SentinelConfig`] and the environment it lists (which
+    /// holds its master keyring).
     pub async fn start_with(cfg: &SentinelConfig) -> Result<Self> {
-        let env: Vec<(&str, &str)> = cfg
-            .env()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        Self::start(&cfg.render(), &env).await
+        Self::start(&cfg.render(), &cfg.env_pairs()).await
     }
 
     /// [`start`](Self::start) with an explicit binary (the harness's own tests use a stand-in).
-    /// The binary gets `run --config <file>`.
+    /// The binary gets `run --config <file>`, and `SENTINEL_MASTER_KEY` only if `env` has it.
     pub async fn start_binary(bin: &Path, config_toml: &str, env: &[(&str, &str)]) -> Result<Self> {
         let addr = listen_addr(config_toml)?;
         let dir = tempfile::Builder::new()
@@ -126,6 +212,7 @@ impl SentinelProcess {
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
+            .env_remove(MASTER_KEY_ENV)
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

@@ -23,6 +23,7 @@ use anyhow::Context;
 use rand::RngCore;
 
 use crate::config::{Config, UpstreamTls};
+use crate::secrets::Secrets;
 pub use service::{PgService, PoolMaintenance};
 
 /// Largest message accepted from Postgres: its own limit for a value is 1 GB, and what the
@@ -43,10 +44,12 @@ pub struct PgShared {
     pub fake_secret: [u8; 32],
     /// Keys the names of prepared statements on servers; random per process.
     pub statement_key: [u8; 32],
+    /// The master keyring and environment salt (sealed upstream passwords; tenant tokens).
+    pub secrets: Arc<Secrets>,
 }
 
 impl PgShared {
-    pub fn new(config: Arc<Config>) -> anyhow::Result<PgShared> {
+    pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> anyhow::Result<PgShared> {
         let pg = &config.postgres;
         let tls = match &pg.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
@@ -76,6 +79,7 @@ impl PgShared {
             tls: upstream_tls,
             connect_timeout: pg.server_connect_timeout,
             max_message: SERVER_MAX_MESSAGE,
+            secrets: secrets.clone(),
         };
         let settings = pool::PoolSettings {
             size: pg.pool_size,
@@ -122,6 +126,7 @@ impl PgShared {
             clients: AtomicUsize::new(0),
             fake_secret,
             statement_key,
+            secrets,
             config,
         })
     }

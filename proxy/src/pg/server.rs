@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use super::conn::{BoxStream, Conn, ReadError};
 use super::error::{PgError, PgResult};
 use crate::config::PasswordSource;
+use crate::secrets::{OpenError, Secrets, sealed_text};
 
 /// Identifies a server connection in logs and the admin views.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
@@ -33,9 +34,11 @@ pub struct Upstream {
     )>,
     pub connect_timeout: Duration,
     pub max_message: usize,
+    /// Opens sealed upstream passwords.
+    pub secrets: Arc<Secrets>,
 }
 
-/// Who Sentinel logs in as.
+/// Who Sentinel logs in as. `Debug` shows where the password comes from, never the password.
 #[derive(Clone, Debug)]
 pub struct Login {
     pub database: String,
@@ -142,11 +145,11 @@ impl Upstream {
                 BackendMessage::Authentication(req) => match req {
                     AuthRequest::Ok => {}
                     AuthRequest::CleartextPassword => {
-                        let password = read_password(login)?;
+                        let password = read_password(login, &self.secrets)?;
                         encode::password(&mut conn.wbuf, password.as_bytes());
                     }
                     AuthRequest::Md5Password { salt } => {
-                        let password = read_password(login)?;
+                        let password = read_password(login, &self.secrets)?;
                         let hash = md5_hash(login.user.as_bytes(), password.as_bytes(), salt);
                         encode::password(&mut conn.wbuf, hash.as_bytes());
                     }
@@ -156,7 +159,7 @@ impl Upstream {
                                 "no supported SASL mechanism among {mechanisms:?}"
                             )));
                         }
-                        let password = read_password(login)?;
+                        let password = read_password(login, &self.secrets)?;
                         let client =
                             ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
                         encode::sasl_initial_response(
@@ -260,20 +263,52 @@ fn lost_during_login(e: ReadError) -> PgError {
 }
 
 /// Reads the upstream password at connect time, so a rotated secret file is picked up without
-/// a restart. The value is wiped from memory when dropped.
-fn read_password(login: &Login) -> PgResult<Zeroizing<String>> {
+/// a restart. A sealed value (in the config, or as the content of the variable or file) is
+/// opened with the keyring. The value is wiped from memory when dropped; errors never hold it.
+fn read_password(login: &Login, secrets: &Secrets) -> PgResult<Zeroizing<String>> {
+    tracing::trace!(
+        server.user = %login.user,
+        source = ?login.password,
+        keys = ?secrets,
+        "reading the upstream password"
+    );
     let missing = |why: String| PgError::UpstreamLogin(why);
+    let unseal = |sealed: &str, context: &str, origin: &str| {
+        secrets
+            .open_text(sealed, context)
+            .map_err(|e: OpenError| missing(format!("{origin}: {e}")))
+    };
     match &login.password {
         PasswordSource::None => Err(missing(format!(
             "Postgres asks for a password for \"{}\" but none is configured \
-             (server_password_env or server_password_file)",
+             (server_password_sealed, server_password_env or server_password_file)",
             login.user
         ))),
-        PasswordSource::Env(var) => std::env::var(var)
-            .map(Zeroizing::new)
-            .map_err(|_| missing(format!("environment variable {var} is not set"))),
-        PasswordSource::File(path) => std::fs::read_to_string(path)
-            .map(|s| Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_owned()))
-            .map_err(|e| missing(format!("cannot read {}: {e}", path.display()))),
+        PasswordSource::Sealed { value, context } => {
+            unseal(value, context, "server_password_sealed")
+        }
+        PasswordSource::Env { var, context } => {
+            let value = std::env::var(var)
+                .map(Zeroizing::new)
+                .map_err(|_| missing(format!("environment variable {var} is not set")))?;
+            match sealed_text(&value) {
+                Some(sealed) => unseal(&sealed, context, &format!("environment variable {var}")),
+                None => Ok(value),
+            }
+        }
+        PasswordSource::File { path, context } => {
+            let mut value = std::fs::read_to_string(path)
+                .map(Zeroizing::new)
+                .map_err(|e| missing(format!("cannot read {}: {e}", path.display())))?;
+            match sealed_text(&value) {
+                Some(sealed) => unseal(&sealed, context, &path.display().to_string()),
+                None => {
+                    // Truncating in place leaves nothing unwiped behind.
+                    let len = value.trim_end_matches(['\n', '\r']).len();
+                    value.truncate(len);
+                    Ok(value)
+                }
+            }
+        }
     }
 }
