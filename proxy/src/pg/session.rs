@@ -28,7 +28,9 @@ use super::io::{Io, next_io};
 use super::params;
 use super::pool::{Checkout, Pool};
 use super::server::ServerConn;
-use super::statements::{ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command};
+use super::statements::{
+    ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command, reset_commands,
+};
 use crate::config::PoolMode;
 
 /// What a message sent to the server will be answered with; popped when its last reply arrives.
@@ -44,13 +46,18 @@ enum Pending {
     Bind {
         statement: Option<Arc<Statement>>,
     },
-    Describe,
+    Describe {
+        statement: Option<Arc<Statement>>,
+    },
     Execute,
     Close {
         swallow: bool,
     },
     Sync,
-    Query,
+    /// `swallow`: a query of Sentinel's own; nothing of its reply reaches the client.
+    Query {
+        swallow: bool,
+    },
     FunctionCall,
     /// A reply Sentinel produced itself, sent when everything before it has been answered.
     Synthetic(Bytes),
@@ -63,7 +70,10 @@ enum Pending {
 
 impl Pending {
     fn ends_with_ready(&self) -> bool {
-        matches!(self, Pending::Sync | Pending::Query | Pending::FunctionCall)
+        matches!(
+            self,
+            Pending::Sync | Pending::Query { .. } | Pending::FunctionCall
+        )
     }
 
     /// Entries that produce nothing once the server skips to the next Sync after an error.
@@ -80,7 +90,7 @@ impl Pending {
             self,
             Pending::Parse { .. }
                 | Pending::Bind { .. }
-                | Pending::Describe
+                | Pending::Describe { .. }
                 | Pending::Execute
                 | Pending::Close { .. }
         )
@@ -134,7 +144,9 @@ pub struct Session {
     /// What RESET ALL and DISCARD ALL go back to.
     startup_params: BTreeMap<String, String>,
     /// A RESET the server is running for the client, applied to its settings when it succeeds.
-    reset_on_success: Option<LocalCommand>,
+    reset_on_success: VecDeque<LocalCommand>,
+    /// The reply at the head of `pending` is one of Sentinel's own queries: not passed on.
+    swallowing: bool,
     /// When the oldest request awaiting ReadyForQuery was sent (for query_timeout).
     busy_since: Option<Instant>,
     timeout_cancel_sent: bool,
@@ -170,7 +182,8 @@ impl Session {
             unnamed: None,
             unnamed_on_server: false,
             startup_params: login.params.clone(),
-            reset_on_success: None,
+            reset_on_success: VecDeque::new(),
+            swallowing: false,
             busy_since: None,
             timeout_cancel_sent: false,
             idle_since: None,
@@ -311,10 +324,12 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             FrontendMessage::Query { sql } => {
-                if let Some(cmd) = local_command(sql)
-                    && self.answer_locally(cmd)
-                {
-                    return Ok(Flow::Continue);
+                if let Some(cmd) = local_command(sql) {
+                    if self.answer_locally(cmd) {
+                        return Ok(Flow::Continue);
+                    }
+                } else if let Some(resets) = reset_commands(sql) {
+                    self.reset_on_success.extend(resets);
                 }
             }
             FrontendMessage::Parse {
@@ -367,7 +382,7 @@ impl Session {
             // Inside a transaction Postgres may refuse these (DISCARD ALL), or they act on
             // state only the server has: let it answer, and follow RESET when it succeeds.
             if matches!(cmd, LocalCommand::ResetAll | LocalCommand::Reset(_)) {
-                self.reset_on_success = Some(cmd);
+                self.reset_on_success.push_back(cmd);
             }
             return false;
         }
@@ -395,7 +410,7 @@ impl Session {
                 "DISCARD ALL"
             }
             LocalCommand::ResetAll | LocalCommand::Reset(_) if session_mode => {
-                self.reset_on_success = Some(cmd);
+                self.reset_on_success.push_back(cmd);
                 return false;
             }
             LocalCommand::ResetAll | LocalCommand::Reset(_) => {
@@ -408,6 +423,31 @@ impl Session {
         self.respond(out.freeze());
         self.respond_ready();
         true
+    }
+
+    /// After a RESET the client sent through, puts back on the server what the client asked for
+    /// at startup (the server's own RESET goes to the server's defaults).
+    fn restore_after_reset(&mut self) {
+        if self.reset_on_success.is_empty() {
+            return;
+        }
+        let mut restore = BTreeMap::new();
+        for cmd in &self.reset_on_success {
+            match cmd {
+                LocalCommand::ResetAll => restore.extend(self.startup_params.clone()),
+                LocalCommand::Reset(name) => {
+                    if let Some(value) = self.startup_params.get(name) {
+                        restore.insert(name.clone(), value.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(sql) = params::sync_sql(&BTreeMap::new(), &restore) {
+            let mut out = BytesMut::new();
+            encode::query(&mut out, &sql);
+            self.send(&out, Some(Pending::Query { swallow: true }));
+        }
     }
 
     /// RESET goes back to what the client asked for at startup, not to the server's defaults.
@@ -464,7 +504,8 @@ impl Session {
                 // A simple Query drops the unnamed statement, on the server as in Postgres.
                 self.unnamed = None;
                 self.unnamed_on_server = false;
-                self.send(raw, Some(Pending::Query));
+                self.send(raw, Some(Pending::Query { swallow: false }));
+                self.restore_after_reset();
             }
             FrontendMessage::FunctionCall => self.send(raw, Some(Pending::FunctionCall)),
             FrontendMessage::Parse {
@@ -533,19 +574,19 @@ impl Session {
                 name,
             } => {
                 self.batch_open = true;
-                let Some((name, _)) = self.server_statement(name) else {
+                let Some((name, statement)) = self.server_statement(name) else {
                     return;
                 };
                 let mut out = BytesMut::new();
                 encode::describe(&mut out, TargetKind::Statement, &name);
-                self.send(&out, Some(Pending::Describe));
+                self.send(&out, Some(Pending::Describe { statement }));
             }
             FrontendMessage::Describe {
                 kind: TargetKind::Portal,
                 ..
             } => {
                 self.batch_open = true;
-                self.send(raw, Some(Pending::Describe));
+                self.send(raw, Some(Pending::Describe { statement: None }));
             }
             FrontendMessage::Execute { .. } => {
                 self.batch_open = true;
@@ -665,6 +706,7 @@ impl Session {
 
     fn on_server_frame(&mut self, frame: &Frame) -> PgResult<()> {
         use tag::backend as b;
+        self.swallowing = matches!(self.pending.front(), Some(Pending::Query { swallow: true }));
         match frame.tag {
             b::DATA_ROW
             | b::COPY_DATA
@@ -673,17 +715,17 @@ impl Session {
             | b::NOTIFICATION_RESPONSE
             | b::FUNCTION_CALL_RESPONSE
             | b::PARAMETER_DESCRIPTION => {
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             b::COPY_IN_RESPONSE | b::COPY_BOTH_RESPONSE => {
                 self.start_copy_in();
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             b::ROW_DESCRIPTION | b::NO_DATA => {
-                if matches!(self.pending.front(), Some(Pending::Describe)) {
+                if matches!(self.pending.front(), Some(Pending::Describe { .. })) {
                     self.pending.pop_front();
                 }
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             b::PARSE_COMPLETE => match self.pending.pop_front() {
                 Some(Pending::Parse { swallow, name, .. }) => {
@@ -691,18 +733,18 @@ impl Session {
                         self.pool.remember(name);
                     }
                     if !swallow {
-                        self.to_client(frame);
+                        self.pass_to_client(frame);
                     }
                 }
                 _ => return Err(self.out_of_step("ParseComplete")),
             },
             b::BIND_COMPLETE => match self.pending.pop_front() {
-                Some(Pending::Bind { .. }) => self.to_client(frame),
+                Some(Pending::Bind { .. }) => self.pass_to_client(frame),
                 _ => return Err(self.out_of_step("BindComplete")),
             },
             b::CLOSE_COMPLETE => match self.pending.pop_front() {
                 Some(Pending::Close { swallow: true }) => {}
-                Some(Pending::Close { swallow: false }) => self.to_client(frame),
+                Some(Pending::Close { swallow: false }) => self.pass_to_client(frame),
                 _ => return Err(self.out_of_step("CloseComplete")),
             },
             b::COMMAND_COMPLETE => {
@@ -712,20 +754,20 @@ impl Session {
                 if matches!(self.pending.front(), Some(Pending::Execute)) {
                     self.pending.pop_front();
                 }
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             b::EMPTY_QUERY_RESPONSE | b::PORTAL_SUSPENDED => {
                 if matches!(self.pending.front(), Some(Pending::Execute)) {
                     self.pending.pop_front();
                 }
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             b::NOTICE_RESPONSE => {
                 if !matches!(
                     self.pending.front(),
                     Some(Pending::Parse { swallow: true, .. })
                 ) {
-                    self.to_client(frame);
+                    self.pass_to_client(frame);
                 }
             }
             b::PARAMETER_STATUS => {
@@ -739,7 +781,7 @@ impl Session {
                         self.desired.insert(key, value.to_owned());
                     }
                 }
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             b::ERROR_RESPONSE => self.on_server_error(frame)?,
             b::READY_FOR_QUERY => {
@@ -758,7 +800,7 @@ impl Session {
                 if status != TransactionStatus::Idle && self.pending.is_empty() {
                     self.idle_since = Some(Instant::now());
                 }
-                self.to_client(frame);
+                self.pass_to_client(frame);
             }
             other => {
                 tracing::warn!(tag = %(other as char), "unexpected message from the server");
@@ -802,11 +844,16 @@ impl Session {
             unreachable!("tag checked")
         };
         self.copy_in = false;
-        self.reset_on_success = None;
+        self.reset_on_success.clear();
         let code = fields.code().unwrap_or_default();
-        if let Some(Pending::Bind {
-            statement: Some(stmt),
-        }) = self.pending.front()
+        if let Some(
+            Pending::Bind {
+                statement: Some(stmt),
+            }
+            | Pending::Describe {
+                statement: Some(stmt),
+            },
+        ) = self.pending.front()
         {
             let stmt = stmt.clone();
             // Postgres's routine name, not the (translatable) message, identifies the error.
@@ -839,7 +886,7 @@ impl Session {
                 self.discarding = true;
             }
         }
-        self.to_client(frame);
+        self.pass_to_client(frame);
         Ok(())
     }
 
@@ -851,7 +898,7 @@ impl Session {
             }
             "RESET" => {
                 self.dirty.session = true;
-                if let Some(cmd) = self.reset_on_success.take() {
+                if let Some(cmd) = self.reset_on_success.pop_front() {
                     self.apply_reset(&cmd);
                 }
             }
@@ -871,8 +918,10 @@ impl Session {
         }
     }
 
-    fn to_client(&mut self, frame: &Frame) {
-        self.client.wbuf.extend_from_slice(frame.raw());
+    fn pass_to_client(&mut self, frame: &Frame) {
+        if !self.swallowing {
+            self.client.wbuf.extend_from_slice(frame.raw());
+        }
     }
 
     fn emit_synthetic(&mut self) {

@@ -184,6 +184,22 @@ pub fn local_command(sql: &str) -> Option<LocalCommand> {
     }
 }
 
+/// A query made only of `RESET` statements (`RESET a; RESET b`), which the server runs but
+/// whose effect on the client's settings Sentinel must follow.
+pub fn reset_commands(sql: &str) -> Option<Vec<LocalCommand>> {
+    let parts: Vec<&str> = sql.split(';').filter(|p| !p.trim().is_empty()).collect();
+    if parts.is_empty() {
+        return None;
+    }
+    parts
+        .into_iter()
+        .map(|part| match local_command(part)? {
+            cmd @ (LocalCommand::ResetAll | LocalCommand::Reset(_)) => Some(cmd),
+            _ => None,
+        })
+        .collect()
+}
+
 enum Word {
     Bare(String),
     Quoted(String),
@@ -308,6 +324,14 @@ mod tests {
         );
         assert_eq!(local_command("reset \"unterminated"), None);
         assert_eq!(local_command("deallocate 'x'"), None);
+        assert_eq!(
+            reset_commands("reset a; RESET ALL;"),
+            Some(vec![
+                LocalCommand::Reset("a".into()),
+                LocalCommand::ResetAll
+            ])
+        );
+        assert_eq!(reset_commands("reset a; select 1"), None);
     }
 
     #[test]
