@@ -1,0 +1,471 @@
+"""Fixtures for the Python client tests: a throwaway Postgres 15 cluster and Sentinel processes.
+
+This mirrors the Rust harness (tests/src/pg.rs, tests/src/sentinel.rs, tests/src/config.rs): the
+cluster is a fresh `initdb` in a temp dir (SCRAM in pg_hba.conf, fsync off, listening on
+127.0.0.1 on a free port, its unix socket inside the temp dir); when the tests run as root the
+server runs as the `postgres` OS user through `runuser`. Sentinel runs as a child process
+(`sentinel run --config <file>`) with a config in the format of deploy/sentinel.example.toml, one
+SCRAM user whose verifier comes from `sentinel scram-verifier`, and the server password in an
+environment variable. Everything is session-scoped and torn down at the end.
+
+Environment: SENTINEL_BIN (default: <repo>/target/debug/sentinel), SENTINEL_PG_BIN (default:
+/usr/lib/postgresql/15/bin).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import socket
+import string
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PG_BIN = Path(os.environ.get("SENTINEL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+OS_USER = "postgres"
+SUPERUSER = "postgres"
+START_TIMEOUT = 30.0
+
+
+def sentinel_binary() -> Path:
+    env = os.environ.get("SENTINEL_BIN")
+    path = Path(env) if env else REPO / "target" / "debug" / "sentinel"
+    if not path.is_file():
+        raise RuntimeError(
+            f"the sentinel binary is not built: {path} does not exist. "
+            "Run `cargo build -p sentinel` or set SENTINEL_BIN"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_secret(n: int = 24) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def quote_literal(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wait_port(port: int, proc: subprocess.Popen | None, timeout: float, what: str, log) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}) before listening:\n{log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not listen on {port} within {timeout}s:\n{log()}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Db:
+    """A role and a database of the same name that it owns, with a password."""
+
+    name: str
+    role: str
+    password: str
+    port: int
+
+    @property
+    def direct_dsn(self) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} user={self.role} "
+            f"password={self.password} dbname={self.name}"
+        )
+
+    def connect_direct(self, **kw) -> psycopg.Connection:
+        return psycopg.connect(self.direct_dsn, autocommit=True, **kw)
+
+
+class PgCluster:
+    """A running throwaway cluster."""
+
+    def __init__(self) -> None:
+        if not (PG_BIN / "initdb").is_file():
+            raise RuntimeError(
+                f"Postgres 15 server binaries not found in {PG_BIN}: run scripts/setup.sh "
+                "or set SENTINEL_PG_BIN"
+            )
+        self.as_os_user = running_as_root()
+        base = "/tmp" if self.as_os_user else None
+        self.root = Path(tempfile.mkdtemp(prefix="sentinel-pytest-pg-", dir=base))
+        self.data = self.root / "data"
+        self.sock = self.root / "sock"
+        self.log = self.root / "postgres.log"
+        self.password = random_secret()
+        self.port = 0
+        self._counter = 0
+        self._started = False
+        atexit.register(self.stop)
+        try:
+            self._init_and_start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _cmd(self, tool: str, *args: str) -> list[str]:
+        argv = [str(PG_BIN / tool), *args]
+        if self.as_os_user:
+            return ["runuser", "-u", OS_USER, "--", *argv]
+        return argv
+
+    def _run(self, argv: list[str], what: str) -> None:
+        out = subprocess.run(
+            argv,
+            cwd=self.root,
+            env={**os.environ, "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{what} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+
+    def log_contents(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _init_and_start(self) -> None:
+        self.sock.mkdir()
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self.as_os_user:
+            for p in (self.root, self.sock, pwfile):
+                shutil.chown(p, OS_USER, OS_USER)
+        self._run(
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ),
+            "initdb",
+        )
+        pwfile.unlink()
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# Added by tests/python/conftest.py: a throwaway cluster, fast and private.\n"
+                "listen_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = {quote_literal(str(self.sock))}\n"
+                "max_connections = 200\n"
+                "fsync = off\n"
+                "synchronous_commit = off\n"
+                "full_page_writes = off\n"
+            )
+        for attempt in range(5):
+            self.port = free_port()
+            before = len(self.log_contents())
+            try:
+                self._run(
+                    self._cmd(
+                        "pg_ctl",
+                        "start",
+                        "-D",
+                        str(self.data),
+                        "-l",
+                        str(self.log),
+                        "-w",
+                        "-t",
+                        "60",
+                        "-s",
+                        "-o",
+                        f"-p {self.port}",
+                    ),
+                    "pg_ctl start",
+                )
+                self._started = True
+                break
+            except RuntimeError as e:
+                taken = "Address already in use" in self.log_contents()[before:]
+                if not taken or attempt == 4:
+                    raise RuntimeError(f"{e}\nserver log:\n{self.log_contents()}") from None
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with self.connect_superuser() as c:
+                    c.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def superuser_dsn(self, db: str = "postgres") -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
+            f"password={self.password} dbname={db}"
+        )
+
+    def connect_superuser(self, db: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(self.superuser_dsn(db), autocommit=True, connect_timeout=10)
+
+    def create_db(self, prefix: str) -> Db:
+        self._counter += 1
+        name = f"{prefix}_{os.getpid()}_{self._counter}"
+        password = random_secret()
+        with self.connect_superuser() as c:
+            c.execute(
+                f'CREATE ROLE "{name}" LOGIN NOSUPERUSER PASSWORD {quote_literal(password)}'
+            )
+            c.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        return Db(name=name, role=name, password=password, port=self.port)
+
+    def stop(self) -> None:
+        if self._started:
+            self._started = False
+            subprocess.run(
+                self._cmd("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w", "-s"),
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def scram_verifier(password: str) -> str:
+    out = subprocess.run(
+        [str(sentinel_binary()), "scram-verifier"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"sentinel scram-verifier failed: {out.stderr}")
+    verifier = out.stdout.strip()
+    if not verifier.startswith("SCRAM-SHA-256$"):
+        raise RuntimeError(f"unexpected verifier from sentinel scram-verifier: {verifier!r}")
+    return verifier
+
+
+_keys_cache: tuple[str, dict[str, str]] | None = None
+
+
+def keys_setup() -> tuple[str, dict[str, str]]:
+    """A `[keys]` table and the environment with a fresh throwaway master keyring, from
+    `sentinel keys new` (once per session); nothing for a binary without the `keys` command."""
+    global _keys_cache
+    if _keys_cache is not None:
+        return _keys_cache
+    binary = str(sentinel_binary())
+    help_text = subprocess.run(
+        [binary, "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
+    if not any(line.split()[:1] == ["keys"] for line in help_text.splitlines()):
+        _keys_cache = ("", {})
+        return _keys_cache
+    out = subprocess.run(
+        [binary, "keys", "new"], capture_output=True, text=True, timeout=30
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"sentinel keys new failed: {out.stderr}")
+    env: dict[str, str] = {}
+    salt_line = None
+    for line in out.stdout.splitlines():
+        if line.startswith("SENTINEL_MASTER_KEY="):
+            env["SENTINEL_MASTER_KEY"] = line.split("=", 1)[1].strip()
+        elif line.startswith("salt"):
+            salt_line = line.strip()
+    if not env or salt_line is None:
+        raise RuntimeError("unexpected output of `sentinel keys new` (no keyring or salt line)")
+    _keys_cache = (f"\n[keys]\n{salt_line}\n", env)
+    return _keys_cache
+
+
+@dataclass
+class Sentinel:
+    """A running `sentinel run` in front of one database, with one SCRAM user (the db's role)."""
+
+    db: Db
+    port: int
+    dir: Path
+    proc: subprocess.Popen = field(repr=False)
+
+    @property
+    def dsn(self) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} user={self.db.role} "
+            f"password={self.db.password} dbname={self.db.name}"
+        )
+
+    def connect(self, **kw) -> psycopg.Connection:
+        kw.setdefault("connect_timeout", 10)
+        return psycopg.connect(self.dsn, **kw)
+
+    def asyncpg_kwargs(self) -> dict:
+        return dict(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.db.role,
+            password=self.db.password,
+            database=self.db.name,
+            timeout=10,
+        )
+
+    def logs(self) -> str:
+        try:
+            return (self.dir / "sentinel.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def render_config(
+    db: Db, listen_port: int, pool_size: int, verifier: str, env_var: str, keys_toml: str
+) -> str:
+    return f"""# Rendered by tests/python/conftest.py (format: deploy/sentinel.example.toml).
+
+[process]
+threads = 2
+shutdown_grace = "5s"
+{keys_toml}
+[postgres]
+listen = "127.0.0.1:{listen_port}"
+pool_mode = "transaction"
+max_client_conn = 1000
+pool_size = {pool_size}
+min_pool_size = 0
+pool_wait_timeout = "10s"
+server_connect_timeout = "5s"
+server_lifetime = "1h"
+server_idle_timeout = "10m"
+query_timeout = "0s"
+idle_transaction_timeout = "0s"
+client_login_timeout = "15s"
+max_message_bytes = 33554432
+trust_networks = ["127.0.0.1/32", "::1/128"]
+
+[postgres.upstream]
+host = "127.0.0.1"
+port = {db.port}
+tls = "disable"
+
+[[postgres.users]]
+name = {toml_str(db.role)}
+auth = "scram-sha-256"
+scram_verifier = {toml_str(verifier)}
+server_user = {toml_str(db.role)}
+server_password_env = {toml_str(env_var)}
+"""
+
+
+def start_sentinel(db: Db, pool_size: int) -> Sentinel:
+    binary = sentinel_binary()
+    env_var = "SENTINEL_PYTEST_SERVER_PASSWORD"
+    keys_toml, keys_env = keys_setup()
+    run_dir = Path(tempfile.mkdtemp(prefix="sentinel-pytest-run-"))
+    for attempt in range(5):
+        port = free_port()
+        config = run_dir / "sentinel.toml"
+        config.write_text(
+            render_config(db, port, pool_size, scram_verifier(db.password), env_var, keys_toml)
+        )
+        log_path = run_dir / "sentinel.log"
+        log = open(log_path, "wb")
+        proc = subprocess.Popen(
+            [str(binary), "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                **keys_env,
+                env_var: db.password,
+                "NO_COLOR": "1",
+                "RUST_BACKTRACE": "1",
+            },
+        )
+        log.close()
+        sentinel = Sentinel(db=db, port=port, dir=run_dir, proc=proc)
+        atexit.register(sentinel.stop)
+        try:
+            wait_port(port, proc, START_TIMEOUT, "sentinel", sentinel.logs)
+            return sentinel
+        except RuntimeError:
+            if "Address already in use" in sentinel.logs() and attempt < 4:
+                proc.kill()
+                proc.wait()
+                continue
+            sentinel.stop()
+            raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    cluster = PgCluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_pool2(pg):
+    """A Sentinel with pool_size 2 in front of its own database."""
+    s = start_sentinel(pg.create_db("pypool2"), pool_size=2)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_pool3(pg):
+    """A Sentinel with pool_size 3 in front of its own database."""
+    s = start_sentinel(pg.create_db("pypool3"), pool_size=3)
+    yield s
+    s.stop()
+
+
+_table_counter = 0
+
+
+@pytest.fixture
+def table_name(request) -> str:
+    """A table name unique in this session."""
+    global _table_counter
+    _table_counter += 1
+    base = "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:40]
+    return f"t_{base}_{_table_counter}"
