@@ -187,14 +187,20 @@ impl Keyring {
     /// must the keys. Errors name the entry by position, never its content.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let mut keys: Vec<(KeyId, MasterKey)> = Vec::new();
-        let entries = text
+        let entries: Vec<&str> = text
             .split([',', '\n'])
             .map(str::trim)
-            .filter(|e| !e.is_empty());
-        for (index, entry) in entries.enumerate() {
+            .filter(|e| !e.is_empty())
+            .collect();
+        let single = entries.len() == 1;
+        for (index, entry) in entries.into_iter().enumerate() {
             let number = index + 1;
-            let Some((id, key)) = entry.split_once(':') else {
-                return Err(KeyError::KeyringEntryMalformed { entry: number });
+            // A lone key without an id (plain base64, as in `SENTINEL_MASTER_KEY=<base64>`) is
+            // key `k1`; base64 never contains ':'.
+            let (id, key) = match entry.split_once(':') {
+                Some(pair) => pair,
+                None if single => ("k1", entry),
+                None => return Err(KeyError::KeyringEntryMalformed { entry: number }),
             };
             let in_entry = |reason: KeyError| KeyError::KeyringEntry {
                 entry: number,
@@ -450,8 +456,11 @@ mod tests {
             KeyError::MissingMasterKey
         );
         let bare = k1.to_base64();
-        let err = Keyring::parse(&bare).unwrap_err();
-        assert_eq!(err, KeyError::KeyringEntryMalformed { entry: 1 });
+        // A lone bare key is key k1; next to other entries an entry must name its id.
+        let lone = Keyring::parse(&bare).unwrap();
+        assert_eq!(lone.current_id().as_str(), "k1");
+        let err = Keyring::parse(&format!("{good},{}", bare.as_str())).unwrap_err();
+        assert_eq!(err, KeyError::KeyringEntryMalformed { entry: 2 });
         assert!(!err.to_string().contains(bare.as_str()));
         let err = Keyring::parse(&format!("{good},K2:{}", bare.as_str())).unwrap_err();
         assert_eq!(
