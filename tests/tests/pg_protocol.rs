@@ -1881,7 +1881,9 @@ async fn changed_result_type_behaves_like_postgres() -> Result<()> {
             .remove(0);
         match replies.first() {
             Some(Reply::Error { code, .. }) if code == "0A000" => {}
-            _ => problems.push(format!("A's attempt {attempt} got {replies:?}, Postgres 0A000")),
+            _ => problems.push(format!(
+                "A's attempt {attempt} got {replies:?}, Postgres 0A000"
+            )),
         }
     }
     // C prepares the text again, as a client does after 0A000: the new shape.
@@ -2665,7 +2667,9 @@ async fn reset_and_discard_restore_startup_values_like_postgres() -> Result<()> 
             c.batch_execute("begin").await?;
             let same_tx = match c.batch_execute(reset).await {
                 Ok(()) => {
-                    let msgs = c.simple_query("show application_name; show search_path").await?;
+                    let msgs = c
+                        .simple_query("show application_name; show search_path")
+                        .await?;
                     c.batch_execute("commit").await?;
                     format!("{:?}", simple_rows(&msgs))
                 }
