@@ -7,5 +7,7 @@
 //!
 //! - [`keys`]: master keyring, environment salt, HKDF sub-keys, sealed values, tenant tokens,
 //!   virtual LLM keys and admin tokens.
+//! - [`tenant`]: tenant ids and their pattern, the SQL comment lexer, sqlcommenter tenant tags.
 
 pub mod keys;
+pub mod tenant;
