@@ -1342,6 +1342,41 @@ async fn statement_lifecycle_matches_postgres() -> Result<()> {
                 step(w().bind("", "ab", &[]).execute("", 0).sync(), r1),
             ],
         ),
+        (
+            "another client's unnamed statement is out of reach",
+            vec![
+                step(w().bind("", "", &[]).execute("", 0).sync(), r1).after_other(
+                    w().parse("", "select 'secret of the other client'", &[])
+                        .bind("", "", &[])
+                        .execute("", 0)
+                        .sync(),
+                ),
+                step(w().describe_statement("").sync(), r1),
+            ],
+        ),
+        (
+            "an error Sentinel raises fails the transaction as Postgres's would",
+            vec![
+                q("begin"),
+                step(
+                    w().parse("dupb", "select 1", &[])
+                        .parse("dupb", "select 2", &[])
+                        .sync(),
+                    r1,
+                ),
+                q("commit"),
+            ],
+        ),
+        (
+            "deallocate inside a transaction",
+            vec![
+                q("begin"),
+                step(w().parse("dt", "select 1", &[]).sync(), r1),
+                q("deallocate dt"),
+                q("commit"),
+                step(w().bind("", "dt", &[]).execute("", 0).sync(), r1),
+            ],
+        ),
     ];
     let mismatches = oracle_mismatches(&env, &scripts).await?;
     ensure!(

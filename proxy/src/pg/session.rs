@@ -66,6 +66,9 @@ enum Pending {
     /// The client ended a COPY it pipelined before the server started it: Syncs sent before
     /// this point reach the server during COPY and are ignored there.
     CopyEnd,
+    /// A Parse made to fail so the server aborts the batch along with Sentinel's own error;
+    /// its ErrorResponse is swallowed.
+    Abort,
 }
 
 impl Pending {
@@ -81,7 +84,11 @@ impl Pending {
         self.is_extended()
             || matches!(
                 self,
-                Pending::Synthetic(_) | Pending::SyntheticReady | Pending::CopyEnd
+                Pending::Synthetic(_)
+                    | Pending::SyntheticReady
+                    | Pending::CopyEnd
+                    | Pending::Query { .. }
+                    | Pending::FunctionCall
             )
     }
 
@@ -89,6 +96,7 @@ impl Pending {
         matches!(
             self,
             Pending::Parse { .. }
+                | Pending::Abort
                 | Pending::Bind { .. }
                 | Pending::Describe { .. }
                 | Pending::Execute
@@ -341,10 +349,17 @@ impl Session {
                 // it is prepared on whichever one runs its first Bind. Waiting for a server
                 // just to prepare could deadlock a client whose other connections hold them all.
                 let key = &self.shared.statement_key;
-                let stmt = Statement::new(sql, param_types, key, &self.pool.generations);
+                let path = self.desired.get("search_path").map_or("", String::as_str);
+                let stmt = Statement::new(sql, param_types, path, key, &self.pool.generations);
                 if self.pool.is_known(&stmt.server_name) {
-                    self.statements
-                        .prepare(name, sql, param_types, key, &self.pool.generations);
+                    self.statements.prepare(
+                        name,
+                        sql,
+                        param_types,
+                        path,
+                        key,
+                        &self.pool.generations,
+                    );
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
                     self.respond(out.freeze());
@@ -378,9 +393,20 @@ impl Session {
     /// Answers DEALLOCATE, DISCARD ALL and RESET for the client's own virtual session. Returns
     /// false when the server must see the command after all.
     fn answer_locally(&mut self, cmd: LocalCommand) -> bool {
-        if self.batch_open || self.tx != TransactionStatus::Idle {
+        // Only with nothing in flight is the transaction status known for sure.
+        let settled = self.pending.is_empty() && !self.batch_open;
+        if let LocalCommand::Deallocate(name) = &cmd
+            && settled
+            && self.tx != TransactionStatus::Failed
+            && self.statements.get(name).is_some()
+        {
+            // A protocol-level statement of this client's: only Sentinel knows its name.
+            self.statements.close(name);
+            return self.answer("DEALLOCATE");
+        }
+        if !settled || self.tx != TransactionStatus::Idle {
             // Inside a transaction Postgres may refuse these (DISCARD ALL), or they act on
-            // state only the server has: let it answer, and follow RESET when it succeeds.
+            // state only the server has: let it answer, and follow a RESET when it succeeds.
             if matches!(cmd, LocalCommand::ResetAll | LocalCommand::Reset(_)) {
                 self.reset_on_success.push_back(cmd);
             }
@@ -388,18 +414,15 @@ impl Session {
         }
         let session_mode = self.mode == PoolMode::Session;
         let tag = match &cmd {
-            LocalCommand::Deallocate(name) => {
-                if self.statements.get(name).is_none() {
-                    return false; // an SQL-level PREPARE: the server has it
-                }
-                self.statements.close(name);
-                "DEALLOCATE"
-            }
-            LocalCommand::DeallocateAll | LocalCommand::DiscardAll if session_mode => {
-                // These also act on SQL-level state the server holds for this session; the
-                // command tag tells the session to forget its statements.
+            LocalCommand::Deallocate(_) => return false, // an SQL-level PREPARE: the server's
+            LocalCommand::DiscardAll if session_mode => {
+                // Also acts on SQL-level state the server holds for this session; the command
+                // tag tells the session to forget its statements, and startup settings are
+                // put back as after RESET ALL.
+                self.reset_on_success.push_back(cmd);
                 return false;
             }
+            LocalCommand::DeallocateAll if session_mode => return false,
             LocalCommand::DeallocateAll => {
                 self.statements.clear();
                 "DEALLOCATE ALL"
@@ -418,6 +441,11 @@ impl Session {
                 "RESET"
             }
         };
+        self.answer(tag)
+    }
+
+    /// Answers a simple query with its command tag and ReadyForQuery.
+    fn answer(&mut self, tag: &str) -> bool {
         let mut out = BytesMut::new();
         encode::command_complete(&mut out, tag);
         self.respond(out.freeze());
@@ -434,7 +462,9 @@ impl Session {
         let mut restore = BTreeMap::new();
         for cmd in &self.reset_on_success {
             match cmd {
-                LocalCommand::ResetAll => restore.extend(self.startup_params.clone()),
+                LocalCommand::ResetAll | LocalCommand::DiscardAll => {
+                    restore.extend(self.startup_params.clone())
+                }
                 LocalCommand::Reset(name) => {
                     if let Some(value) = self.startup_params.get(name) {
                         restore.insert(name.clone(), value.clone());
@@ -453,7 +483,9 @@ impl Session {
     /// RESET goes back to what the client asked for at startup, not to the server's defaults.
     fn apply_reset(&mut self, cmd: &LocalCommand) {
         match cmd {
-            LocalCommand::ResetAll => self.desired = self.startup_params.clone(),
+            LocalCommand::ResetAll | LocalCommand::DiscardAll => {
+                self.desired = self.startup_params.clone()
+            }
             LocalCommand::Reset(name) => match self.startup_params.get(name) {
                 Some(value) => {
                     self.desired.insert(name.clone(), value.clone());
@@ -472,11 +504,20 @@ impl Session {
 
     /// Answers a message with an error Sentinel raised itself; as after a server error in the
     /// extended protocol, the client's messages up to its next Sync are dropped.
+    /// With a server held, the server is made to fail too (a Parse that cannot parse, its error
+    /// swallowed), so that it also skips to the Sync and rolls back the implicit transaction
+    /// exactly as Postgres would after its own error.
     fn refuse(&mut self, code: &str, message: &str) {
         let mut out = BytesMut::new();
         encode::error_response(&mut out, "ERROR", code, message, None);
         self.respond(out.freeze());
         self.discarding = true;
+        if self.held.is_some() {
+            let mut abort = BytesMut::new();
+            encode::parse(&mut abort, "", "sentinel: abort this batch", &[]);
+            self.unnamed_on_server = false;
+            self.send(&abort, Some(Pending::Abort));
+        }
     }
 
     /// Sends a reply Sentinel produced, in order with the server's replies.
@@ -545,9 +586,15 @@ impl Session {
                     );
                 }
                 let key = &self.shared.statement_key;
-                let stmt =
-                    self.statements
-                        .prepare(name, sql, param_types, key, &self.pool.generations);
+                let path = self.desired.get("search_path").map_or("", String::as_str);
+                let stmt = self.statements.prepare(
+                    name,
+                    sql,
+                    param_types,
+                    path,
+                    key,
+                    &self.pool.generations,
+                );
                 if self.server().prepared.contains(&stmt.server_name) {
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
@@ -607,8 +654,16 @@ impl Session {
             }
             FrontendMessage::Flush | FrontendMessage::CopyData(_) => self.send(raw, None),
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                let copy_may_start = self
+                    .pending
+                    .iter()
+                    .any(|p| matches!(p, Pending::Query { swallow: false } | Pending::Execute));
                 if self.copy_in {
                     self.copy_in = false;
+                    self.send(raw, None);
+                } else if !copy_may_start {
+                    // No COPY is or can be under way (it failed and ended already): Postgres
+                    // ignores the message.
                     self.send(raw, None);
                 } else {
                     // Pipelined before the server said COPY started: mark the spot.
@@ -627,6 +682,11 @@ impl Session {
     /// the message itself.
     fn server_statement(&mut self, client_name: &str) -> Option<(String, Option<Arc<Statement>>)> {
         if client_name.is_empty() {
+            if self.unnamed.is_none() {
+                // Whatever unnamed statement the server holds is another client's.
+                self.refuse("26000", "unnamed prepared statement does not exist");
+                return None;
+            }
             if !self.unnamed_on_server
                 && let Some(parse) = self.unnamed.clone()
             {
@@ -651,7 +711,7 @@ impl Session {
                         self.refuse("0A000", "cached plan must not change result type");
                         return None;
                     }
-                    self.prepare_on_server(&stmt, true, None);
+                    self.prepare_on_server(&stmt, true, Some(client_name.to_owned()));
                 }
                 Some((stmt.server_name.to_string(), Some(stmt)))
             }
@@ -781,7 +841,8 @@ impl Session {
                         self.desired.insert(key, value.to_owned());
                     }
                 }
-                self.pass_to_client(frame);
+                // Even from Sentinel's own queries: the client must know the values in force.
+                self.client.wbuf.extend_from_slice(frame.raw());
             }
             b::ERROR_RESPONSE => self.on_server_error(frame)?,
             b::READY_FOR_QUERY => {
@@ -845,6 +906,8 @@ impl Session {
         };
         self.copy_in = false;
         self.reset_on_success.clear();
+        // Sentinel's own abort: the client already has Sentinel's error.
+        let own_abort = matches!(self.pending.front(), Some(Pending::Abort));
         let code = fields.code().unwrap_or_default();
         if let Some(
             Pending::Bind {
@@ -886,7 +949,9 @@ impl Session {
                 self.discarding = true;
             }
         }
-        self.pass_to_client(frame);
+        if !own_abort {
+            self.pass_to_client(frame);
+        }
         Ok(())
     }
 

@@ -59,9 +59,13 @@ pub struct Statement {
 impl Statement {
     /// `key` is random per process, so no client can predict (and prepare in advance, with
     /// different text) the name a statement will get on the server.
+    ///
+    /// `search_path` is part of the identity: the same text means other tables under another
+    /// search path, so clients with different paths never share a server statement.
     pub fn new(
         sql: &str,
         param_types: &[u8],
+        search_path: &str,
         key: &[u8; 32],
         generations: &Generations,
     ) -> Statement {
@@ -70,6 +74,8 @@ impl Statement {
         mac.update(sql.as_bytes());
         mac.update(&[0]);
         mac.update(param_types);
+        mac.update(&[0]);
+        mac.update(search_path.as_bytes());
         let digest = mac.finalize().into_bytes();
         let mut base = String::with_capacity(SERVER_PREFIX.len() + 32);
         base.push_str(SERVER_PREFIX);
@@ -108,10 +114,17 @@ impl ClientStatements {
         name: &str,
         sql: &str,
         param_types: &[u8],
+        search_path: &str,
         key: &[u8; 32],
         generations: &Generations,
     ) -> Arc<Statement> {
-        let stmt = Arc::new(Statement::new(sql, param_types, key, generations));
+        let stmt = Arc::new(Statement::new(
+            sql,
+            param_types,
+            search_path,
+            key,
+            generations,
+        ));
         let stmt = self
             .by_text
             .entry(stmt.server_name.clone())
@@ -265,9 +278,9 @@ mod tests {
 
     #[test]
     fn server_names_depend_on_text_and_types() {
-        let a = Statement::new("select $1", &[0, 1, 0, 0, 0, 23], &KEY, &generations());
-        let b = Statement::new("select $1", &[0, 1, 0, 0, 0, 25], &KEY, &generations());
-        let c = Statement::new("select $1", &[0, 1, 0, 0, 0, 23], &KEY, &generations());
+        let a = Statement::new("select $1", &[0, 1, 0, 0, 0, 23], "", &KEY, &generations());
+        let b = Statement::new("select $1", &[0, 1, 0, 0, 0, 25], "", &KEY, &generations());
+        let c = Statement::new("select $1", &[0, 1, 0, 0, 0, 23], "", &KEY, &generations());
         assert_ne!(a.server_name, b.server_name);
         assert_eq!(a.server_name, c.server_name);
         assert!(a.server_name.starts_with(SERVER_PREFIX));
@@ -277,8 +290,8 @@ mod tests {
     fn client_names_map_and_close() {
         let gens = generations();
         let mut s = ClientStatements::default();
-        let one = s.prepare("s1", "select 1", &[0, 0], &KEY, &gens);
-        let two = s.prepare("s2", "select 1", &[0, 0], &KEY, &gens);
+        let one = s.prepare("s1", "select 1", &[0, 0], "", &KEY, &gens);
+        let two = s.prepare("s2", "select 1", &[0, 0], "", &KEY, &gens);
         assert!(Arc::ptr_eq(&one, &two));
         s.close("s1");
         assert!(s.get("s1").is_none());
@@ -337,12 +350,12 @@ mod tests {
     #[test]
     fn stale_plans_move_a_text_to_a_new_name() {
         let gens = generations();
-        let old = Statement::new("select * from t", &[0, 0], &KEY, &gens);
+        let old = Statement::new("select * from t", &[0, 0], "", &KEY, &gens);
         assert!(!gens.is_outdated(&old));
         gens.outdate(&old);
         gens.outdate(&old);
         assert!(gens.is_outdated(&old));
-        let new = Statement::new("select * from t", &[0, 0], &KEY, &gens);
+        let new = Statement::new("select * from t", &[0, 0], "", &KEY, &gens);
         assert_eq!(new.generation, 1);
         assert_eq!(new.base, old.base);
         assert_ne!(new.server_name, old.server_name);
