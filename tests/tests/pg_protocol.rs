@@ -1368,6 +1368,28 @@ async fn statement_lifecycle_matches_postgres() -> Result<()> {
             ],
         ),
         (
+            "parse and close skipped after an error leave the statements as they were",
+            vec![
+                step(w().parse("keep", "select 2", &[]).sync(), r1).after_other(
+                    w().parse("o", "select 2", &[])
+                        .bind("", "o", &[])
+                        .execute("", 0)
+                        .sync(),
+                ),
+                step(
+                    w().parse("x", "select 1/0", &[])
+                        .bind("", "x", &[])
+                        .execute("", 0)
+                        .parse("later", "select 2", &[])
+                        .close_statement("keep")
+                        .sync(),
+                    r1,
+                ),
+                step(w().parse("later", "select 2", &[]).sync(), r1),
+                step(w().bind("", "keep", &[]).execute("", 0).sync(), r1),
+            ],
+        ),
+        (
             "deallocate inside a transaction",
             vec![
                 q("begin"),

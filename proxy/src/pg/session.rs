@@ -59,8 +59,10 @@ enum Pending {
         swallow: bool,
     },
     FunctionCall,
-    /// A reply Sentinel produced itself, sent when everything before it has been answered.
-    Synthetic(Bytes),
+    /// A reply Sentinel produced itself, sent when everything before it has been answered; and
+    /// what to undo if the server skips past it after an error (Postgres would not have run
+    /// the message it answers).
+    Synthetic(Bytes, Option<Undo>),
     /// A ReadyForQuery Sentinel answers itself, with the status current at that point.
     SyntheticReady,
     /// The client ended a COPY it pipelined before the server started it: Syncs sent before
@@ -84,7 +86,7 @@ impl Pending {
         self.is_extended()
             || matches!(
                 self,
-                Pending::Synthetic(_)
+                Pending::Synthetic(..)
                     | Pending::SyntheticReady
                     | Pending::CopyEnd
                     | Pending::Query { .. }
@@ -103,6 +105,13 @@ impl Pending {
                 | Pending::Close { .. }
         )
     }
+}
+
+/// A change to the client's statements made when Sentinel answered a Parse or Close itself.
+#[derive(Debug)]
+enum Undo {
+    Forget(String),
+    Restore(String, Arc<Statement>),
 }
 
 /// Session state a server connection may carry past a transaction, seen from command tags.
@@ -325,10 +334,11 @@ impl Session {
                 kind: TargetKind::Statement,
                 name,
             } if !name.is_empty() => {
-                self.statements.close(name);
+                let closed = self.statements.close(name);
                 let mut out = BytesMut::new();
                 encode::close_complete(&mut out);
-                self.respond(out.freeze());
+                let undo = closed.map(|stmt| Undo::Restore(name.to_string(), stmt));
+                self.respond_with(out.freeze(), undo);
                 return Ok(Flow::Continue);
             }
             FrontendMessage::Query { sql } => {
@@ -362,7 +372,7 @@ impl Session {
                     );
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
-                    self.respond(out.freeze());
+                    self.respond_with(out.freeze(), Some(Undo::Forget(name.to_string())));
                     return Ok(Flow::Continue);
                 }
             }
@@ -522,10 +532,14 @@ impl Session {
 
     /// Sends a reply Sentinel produced, in order with the server's replies.
     fn respond(&mut self, reply: Bytes) {
+        self.respond_with(reply, None);
+    }
+
+    fn respond_with(&mut self, reply: Bytes, undo: Option<Undo>) {
         if self.pending.is_empty() {
             self.client.wbuf.extend_from_slice(&reply);
         } else {
-            self.pending.push_back(Pending::Synthetic(reply));
+            self.pending.push_back(Pending::Synthetic(reply, undo));
         }
     }
 
@@ -598,7 +612,7 @@ impl Session {
                 if self.server().prepared.contains(&stmt.server_name) {
                     let mut out = BytesMut::new();
                     encode::parse_complete(&mut out);
-                    self.respond(out.freeze());
+                    self.respond_with(out.freeze(), Some(Undo::Forget(name.to_owned())));
                 } else {
                     self.prepare_on_server(&stmt, false, Some(name.to_owned()));
                 }
@@ -935,14 +949,24 @@ impl Session {
                 .front()
                 .is_some_and(Pending::skipped_after_error)
             {
-                // The failed Parse, and any the server skips, leave no statement behind.
-                if let Some(Pending::Parse { name, client, .. }) = self.pending.pop_front() {
-                    if let Some(name) = name {
-                        self.server().prepared.remove(&name);
+                match self.pending.pop_front() {
+                    // The failed Parse, and any the server skips, leave no statement behind.
+                    Some(Pending::Parse { name, client, .. }) => {
+                        if let Some(name) = name {
+                            self.server().prepared.remove(&name);
+                        }
+                        if let Some(client) = client {
+                            self.statements.close(&client);
+                        }
                     }
-                    if let Some(client) = client {
-                        self.statements.close(&client);
-                    }
+                    // Parse and Close Sentinel answered itself, which the server now skips.
+                    Some(Pending::Synthetic(_, Some(undo))) => match undo {
+                        Undo::Forget(name) => {
+                            self.statements.close(&name);
+                        }
+                        Undo::Restore(name, stmt) => self.statements.restore(name, stmt),
+                    },
+                    _ => {}
                 }
             }
             if !matches!(self.pending.front(), Some(Pending::Sync)) {
@@ -992,7 +1016,7 @@ impl Session {
     fn emit_synthetic(&mut self) {
         loop {
             match self.pending.front() {
-                Some(Pending::Synthetic(reply)) => {
+                Some(Pending::Synthetic(reply, _)) => {
                     self.client.wbuf.extend_from_slice(reply);
                 }
                 Some(Pending::SyntheticReady) => {

@@ -138,12 +138,21 @@ impl ClientStatements {
         self.map.get(name)
     }
 
-    pub fn close(&mut self, name: &str) {
-        if let Some(stmt) = self.map.remove(name)
-            && !self.map.values().any(|s| s.server_name == stmt.server_name)
-        {
+    /// Forgets a statement; returns it, so a Close the server ends up skipping can be undone.
+    pub fn close(&mut self, name: &str) -> Option<Arc<Statement>> {
+        let stmt = self.map.remove(name)?;
+        if !self.map.values().any(|s| s.server_name == stmt.server_name) {
             self.by_text.remove(&stmt.server_name);
         }
+        Some(stmt)
+    }
+
+    /// Puts back a statement a skipped Close had forgotten.
+    pub fn restore(&mut self, name: String, stmt: Arc<Statement>) {
+        self.by_text
+            .entry(stmt.server_name.clone())
+            .or_insert_with(|| stmt.clone());
+        self.map.insert(name, stmt);
     }
 
     pub fn clear(&mut self) {
