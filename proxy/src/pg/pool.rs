@@ -48,6 +48,7 @@ pub struct Pool {
     settings: PoolSettings,
     idle: Mutex<Vec<ServerConn>>,
     slots: Arc<Semaphore>,
+    /// Counters for the admin port and metrics (read by the admin work to come).
     pub stats: PoolStats,
     /// Plan generations of the statements prepared on this pool's servers.
     pub generations: Generations,

@@ -67,8 +67,6 @@ pub struct ServerConn {
     pub applied: BTreeMap<String, String>,
     /// Server-side names of the statements prepared on this connection.
     pub prepared: HashSet<Arc<str>>,
-    /// Statements whose cached plan went stale: closed before they are prepared again.
-    pub stale: HashSet<Arc<str>>,
 }
 
 impl ServerConn {
@@ -231,7 +229,6 @@ impl Upstream {
             reported,
             applied: BTreeMap::new(),
             prepared: HashSet::new(),
-            stale: HashSet::new(),
         })
     }
 
