@@ -21,14 +21,17 @@ struct Entry {
     cancelled: bool,
 }
 
+/// Clients by process id. The map is locked only to register, unregister and look up a
+/// CancelRequest; a session attaching and detaching servers locks only its own entry.
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<u32, Entry>>,
+    map: Mutex<HashMap<u32, Arc<Mutex<Entry>>>>,
 }
 
 /// A client's registration; removed when dropped.
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
+    entry: Arc<Mutex<Entry>>,
     pub process_id: u32,
     pub secret: [u8; CLIENT_KEY_LEN],
 }
@@ -45,16 +48,15 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        map.insert(
-            process_id,
-            Entry {
-                secret,
-                target: None,
-                cancelled: false,
-            },
-        );
+        let entry = Arc::new(Mutex::new(Entry {
+            secret,
+            target: None,
+            cancelled: false,
+        }));
+        map.insert(process_id, entry.clone());
         CancelHandle {
             registry: self.clone(),
+            entry,
             process_id,
             secret,
         }
@@ -63,8 +65,8 @@ impl CancelRegistry {
     /// Looks up a CancelRequest. Returns where to forward it, if the key is right and the
     /// client is running something on a server right now.
     pub fn request(&self, process_id: u32, secret: &[u8]) -> Option<CancelTarget> {
-        let mut map = self.map.lock();
-        let entry = map.get_mut(&process_id)?;
+        let entry = self.map.lock().get(&process_id)?.clone();
+        let mut entry = entry.lock();
         if !bool::from(entry.secret.ct_eq(secret)) {
             return None;
         }
@@ -85,28 +87,22 @@ impl CancelRegistry {
 impl CancelHandle {
     /// The client now runs on this server connection.
     pub fn attach(&self, target: CancelTarget) {
-        if let Some(entry) = self.registry.map.lock().get_mut(&self.process_id) {
-            entry.target = Some(target);
-            entry.cancelled = false;
-        }
+        let mut entry = self.entry.lock();
+        entry.target = Some(target);
+        entry.cancelled = false;
     }
 
     /// The client no longer holds a server. Returns true when a cancel was forwarded to it
     /// meanwhile: then the connection must not be reused.
     pub fn detach(&self) -> bool {
-        match self.registry.map.lock().get_mut(&self.process_id) {
-            Some(entry) => {
-                entry.target = None;
-                std::mem::take(&mut entry.cancelled)
-            }
-            None => false,
-        }
+        let mut entry = self.entry.lock();
+        entry.target = None;
+        std::mem::take(&mut entry.cancelled)
     }
 
     /// Cancels the client's own running query (query_timeout).
     pub fn cancel_own(&self) -> Option<CancelTarget> {
-        let mut map = self.registry.map.lock();
-        let entry = map.get_mut(&self.process_id)?;
+        let mut entry = self.entry.lock();
         let target = entry.target.clone()?;
         entry.cancelled = true;
         Some(target)

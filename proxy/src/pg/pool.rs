@@ -139,20 +139,10 @@ impl Pool {
 
     /// Waits up to `pool_wait_timeout` for a slot, then reuses an idle connection or opens one.
     pub async fn checkout(self: &Arc<Self>) -> PgResult<Checkout> {
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(
-            self.settings.wait_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = match permit {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(PgError::ShuttingDown),
-            Err(_) => {
-                self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(PgError::PoolTimeout(self.settings.wait_timeout));
-            }
+        // A free slot needs no timer; only a wait does.
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.wait_for_slot().await?,
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         let reused = self.take_idle();
@@ -165,6 +155,24 @@ impl Pool {
             pool: self.clone(),
             _permit: permit,
         })
+    }
+
+    async fn wait_for_slot(&self) -> PgResult<OwnedSemaphorePermit> {
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(
+            self.settings.wait_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(PgError::ShuttingDown),
+            Err(_) => {
+                self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PgError::PoolTimeout(self.settings.wait_timeout))
+            }
+        }
     }
 
     fn take_idle(&self) -> Option<ServerConn> {

@@ -128,6 +128,8 @@ pub enum Flow {
 
 /// How long Sentinel waits for its own housekeeping queries before it gives up on a server.
 const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time after which a pooled connection is checked for life before it is used.
+const LIVENESS_CHECK_AFTER: Duration = Duration::from_secs(1);
 /// Replies awaited at most; past this the client is not read until some arrive.
 const MAX_PENDING: usize = 4096;
 /// Above this many prepared statements a server is cleared at its next release.
@@ -227,6 +229,11 @@ impl Session {
 
     async fn run_inner(&mut self) -> PgResult<()> {
         self.login().await?;
+        // One wait for shutdown for the whole session: a fresh `changed()` on every event would
+        // take the watch's lock, which every session shares, twice per event.
+        let mut shutdown = self.shutdown.clone();
+        let shutdown_signal = shutdown.changed();
+        tokio::pin!(shutdown_signal);
         loop {
             let deadline = self.next_deadline();
             let draining = self.drain_deadline.is_some();
@@ -234,7 +241,7 @@ impl Session {
             let read_client = self.pending.len() < MAX_PENDING;
             let io = tokio::select! {
                 io = next_io(&mut self.client, server, read_client) => io,
-                _ = self.shutdown.changed(), if !draining => {
+                _ = &mut shutdown_signal, if !draining => {
                     self.start_drain()?;
                     continue;
                 }
@@ -1062,7 +1069,10 @@ impl Session {
         }
         let mut checkout = loop {
             let mut checkout = self.pool.checkout().await?;
-            if is_alive(&mut checkout.server().conn) {
+            // A connection released moments ago is trusted as PgBouncer trusts any used within
+            // server_check_delay; one idle longer is checked, which costs a read call.
+            let server = checkout.server();
+            if server.last_used.elapsed() < LIVENESS_CHECK_AFTER || is_alive(&mut server.conn) {
                 break checkout;
             }
             checkout.discard();
