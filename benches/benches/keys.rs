@@ -7,7 +7,6 @@
 //! value below doubles as a check that the v1 format still opens.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sentinel_policy::keys::{
@@ -64,10 +63,7 @@ fn keys(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = sentinel_benches::short_run();
     targets = keys
 }
 criterion_main!(benches);

@@ -3,7 +3,6 @@
 //! on a typical 200-byte statement with a sqlcommenter comment at the end.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sentinel_policy::tenant::{DEFAULT_TENANT_KEY, comments, strip_comments, tenant_tag};
@@ -39,10 +38,7 @@ fn tenant(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = sentinel_benches::short_run();
     targets = tenant
 }
 criterion_main!(benches);

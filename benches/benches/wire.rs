@@ -2,7 +2,6 @@
 //! client's Bind, and encoding an extended-query round.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -131,10 +130,7 @@ fn encode_round(c: &mut Criterion) {
 
 criterion_group! {
     name = wire;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = sentinel_benches::short_run();
     targets = decode, parse, encode_round
 }
 criterion_main!(wire);
