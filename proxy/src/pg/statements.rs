@@ -103,8 +103,8 @@ impl Statement {
 #[derive(Default)]
 pub struct ClientStatements {
     map: HashMap<String, Arc<Statement>>,
-    /// Statements already built for this text, so re-preparing the same text under another
-    /// client name does not hash it again.
+    /// Statements by server name, so several client names for one text share one Statement
+    /// (and its encoded Parse) instead of holding copies.
     by_text: HashMap<Arc<str>, Arc<Statement>>,
 }
 
