@@ -385,6 +385,9 @@ host = "127.0.0.1"
 port = {db.port}
 tls = "disable"
 
+[tenancy]
+enabled = false
+
 [[postgres.users]]
 name = {toml_str(db.role)}
 auth = "scram-sha-256"

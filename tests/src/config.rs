@@ -157,6 +157,9 @@ impl SentinelConfig {
                 "[\"127.0.0.1/32\", \"::1/128\"]",
             ),
             ("postgres.upstream", "tls", "\"disable\""),
+            // Tenancy is on by default in Sentinel; tests of the proxy's mechanics switch it
+            // off, and tenancy tests switch it on with the options they are about.
+            ("tenancy", "enabled", "false"),
         ];
         for (table, key, value) in defaults {
             cfg = cfg.option(table, key, value);

@@ -18,6 +18,10 @@ use sentinel_policy::keys::{EnvSalt, is_sealed, sealed_key_id};
 
 use crate::pg::auth::scram::ScramVerifier;
 
+mod tenancy;
+
+pub use tenancy::{AuditOnStart, Scope, Source, TenancyConfig, TenantConfig};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -27,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub keys: KeysConfig,
     pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub tenancy: TenancyConfig,
 }
 
 /// `[keys]`: where the master keyring comes from, and this environment's salt.
@@ -219,6 +225,9 @@ pub enum ClientAuth {
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Trust,
+    /// The password is a tenant token (`sentinel token issue`), sent in clear text: accepted over
+    /// TLS or from loopback only. The connection is bound to the token's tenant.
+    TenantToken,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -465,7 +474,19 @@ impl Config {
                         "not used with auth = \"trust\"",
                     ));
                 }
-                (ClientAuth::Trust, None) => {}
+                (ClientAuth::Trust | ClientAuth::TenantToken, None) => {}
+                (ClientAuth::TenantToken, Some(_)) => {
+                    return Err(invalid(
+                        field("scram_verifier"),
+                        "not used with auth = \"tenant-token\"",
+                    ));
+                }
+            }
+            if user.auth == ClientAuth::TenantToken && !self.tenancy.allows(Source::Token) {
+                return Err(invalid(
+                    field("auth"),
+                    "auth = \"tenant-token\" needs tenancy enabled with the \"token\" source",
+                ));
             }
             let sources = [
                 user.server_password_sealed.is_some(),
@@ -486,6 +507,15 @@ impl Config {
             }
             if let Some(value) = &user.server_password_sealed {
                 check_sealed(value).map_err(|e| invalid(field("server_password_sealed"), e))?;
+            }
+        }
+        self.tenancy.validate()?;
+        for name in &self.tenancy.bypass_users {
+            if !self.postgres.users.iter().any(|u| &u.name == name) {
+                return Err(invalid(
+                    "tenancy.bypass_users",
+                    format!("{name:?} is not one of postgres.users"),
+                ));
             }
         }
         Ok(())
