@@ -5,11 +5,14 @@
 #   1. initdb's a throwaway Postgres 15 cluster in a temp dir (as the postgres OS user when run as
 #      root) on a free port: fsync=off, max_connections=300, shared_buffers=128MB, trust on
 #      loopback; creates role and database `bench`; `pgbench -i -s 10`.
-#   2. starts Sentinel (release build; `cargo build` first, a no-op when up to date) and PgBouncer,
-#      both in transaction mode with the same pool size, each on a free loopback port, in front of
-#      that cluster.
+#   2. starts two Sentinels (release build; `cargo build` first, a no-op when up to date) - one a
+#      plain pooler (tenancy off), one enforcing tenant context - and PgBouncer, all in transaction
+#      mode with the same pool size, each on a free loopback port, in front of that cluster.
 #   3. for each protocol (simple, extended, prepared) and client count, runs
-#      `pgbench -S -n -j 2 -c C -T DURATION -M PROTOCOL` against direct, Sentinel and PgBouncer.
+#      `pgbench -S -n -j 2 -c C -T DURATION -M PROTOCOL` against direct, Sentinel and PgBouncer,
+#      and against the enforcing Sentinel the same select with a tenant tag
+#      (`/*tenant='t7'*/ SELECT abalance ...`, one of TENANTS scripts picked at random per
+#      transaction), so Sentinel classifies each statement and sets the tenant in its transaction.
 #   4. prints the machine, the versions and a Markdown table (tps, average latency, ratios, errors).
 # Everything it started is stopped and its temp dir removed on exit, however it exits.
 #
@@ -21,6 +24,7 @@
 #   WARMUP=2              seconds of warm-up per target before the measured runs (0: none)
 #   SCALE=10              pgbench -i scale factor
 #   THREADS=2             Sentinel [process] threads
+#   TENANTS=16            distinct tenants in the tagged runs (one pgbench script each)
 #   SENTINEL_BIN=path     use this binary instead of target/release/sentinel (never built then)
 #   KEEP_LOGS=dir         copy the logs (Sentinel, PgBouncer, Postgres, every pgbench output) there
 #   SKIP_BUILD=1          do not run `cargo build --release -p sentinel` when the binary exists
@@ -44,6 +48,7 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 SCALE="${SCALE:-10}"
 THREADS="${THREADS:-2}"
+TENANTS="${TENANTS:-16}"
 MAX_LOAD="${MAX_LOAD:-}"
 MAX_LOAD_WAIT="${MAX_LOAD_WAIT:-600}"
 
@@ -55,7 +60,7 @@ psql_bin="$pgbin/psql"
 say() { printf '[pgbench.sh] %s\n' "$*" >&2; }
 die() { printf '[pgbench.sh] error: %s\n' "$*" >&2; exit 2; }
 
-for n in POOL_SIZE DURATION WARMUP SCALE THREADS MAX_LOAD_WAIT; do
+for n in POOL_SIZE DURATION WARMUP SCALE THREADS TENANTS MAX_LOAD_WAIT; do
     [[ "${!n}" =~ ^[0-9]+$ ]] || die "$n must be a whole number (got '${!n}')"
 done
 for c in $CLIENTS; do [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "CLIENTS must be whole numbers (got '$c')"; done
@@ -90,6 +95,7 @@ if [[ "$(id -u)" -eq 0 ]]; then
 fi
 
 sentinel_pid=""
+tenancy_pid=""
 pg_started=0
 cleanup() {
     local rc=$?
@@ -104,19 +110,20 @@ cleanup() {
             kill -KILL "$bpid" 2>/dev/null
         fi
     fi
-    if [[ -n "$sentinel_pid" ]]; then
-        kill -TERM "$sentinel_pid" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$sentinel_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$sentinel_pid" 2>/dev/null
-        wait "$sentinel_pid" 2>/dev/null
-    fi
+    for pid in $sentinel_pid $tenancy_pid; do
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     if ((pg_started)); then
         (cd "$tmp" && "${as_pg[@]}" "$pgbin/pg_ctl" stop -D "$pgdata" -m fast -w -t 30 >/dev/null 2>&1) ||
             (cd "$tmp" && "${as_pg[@]}" "$pgbin/pg_ctl" stop -D "$pgdata" -m immediate -w >/dev/null 2>&1)
     fi
     if [[ -n "${KEEP_LOGS:-}" ]]; then
         mkdir -p "$KEEP_LOGS" &&
-            cp -r "$results" "$tmp/sentinel.log" "$tmp/sentinel.toml" "$bouncer_dir/pgbouncer.log" \
+            cp -r "$results" "$tmp/sentinel.log" "$tmp/sentinel.toml" "$tmp/sentinel-tenancy.log" \
+                "$tmp/sentinel-tenancy.toml" "$bouncer_dir/pgbouncer.log" \
                 "$bouncer_dir/pgbouncer.ini" "$pgsock/postgres.log" "$KEEP_LOGS/" 2>/dev/null
     fi
     rm -rf "$tmp"
@@ -240,13 +247,33 @@ tls = "disable"
 name = "bench"
 auth = "trust"
 EOF
+# The enforcing one: the same, on another port, with tenancy on (pgbench's tables are tenant
+# tables to it: every select needs its tag).
+tenancy_port="$(free_port)"
+sed -e "s/127.0.0.1:$sentinel_port/127.0.0.1:$tenancy_port/" "$tmp/sentinel.toml" >"$tmp/sentinel-tenancy.toml"
+printf '\n[tenancy]\nenabled = true\nsources = ["comment"]\n' >>"$tmp/sentinel-tenancy.toml"
+start_sentinel() { # config log; the pid is in $! afterwards
+    if [[ -n "$master_key" ]]; then
+        SENTINEL_MASTER_KEY="$master_key" "$sentinel_bin" run --config "$1" >"$2" 2>&1 &
+    else
+        "$sentinel_bin" run --config "$1" >"$2" 2>&1 &
+    fi
+}
 say "starting sentinel on 127.0.0.1:$sentinel_port (pool_size $POOL_SIZE, threads $THREADS)"
-if [[ -n "$master_key" ]]; then
-    SENTINEL_MASTER_KEY="$master_key" "$sentinel_bin" run --config "$tmp/sentinel.toml" >"$tmp/sentinel.log" 2>&1 &
-else
-    "$sentinel_bin" run --config "$tmp/sentinel.toml" >"$tmp/sentinel.log" 2>&1 &
-fi
+start_sentinel "$tmp/sentinel.toml" "$tmp/sentinel.log"
 sentinel_pid=$!
+say "starting sentinel with tenancy on 127.0.0.1:$tenancy_port"
+start_sentinel "$tmp/sentinel-tenancy.toml" "$tmp/sentinel-tenancy.log"
+tenancy_pid=$!
+# One script per tenant, each pgbench's select-only statement with that tenant's tag; pgbench
+# picks one at random for each transaction.
+tenant_scripts=()
+for i in $(seq "$TENANTS"); do
+    f="$results/tenant-$i.sql"
+    printf '%s\n' '\set aid random(1, 100000 * :scale)' \
+        "/*tenant='t$i'*/ SELECT abalance FROM pgbench_accounts WHERE aid = :aid;" >"$f"
+    tenant_scripts+=(-f "$f@1")
+done
 
 # --- PgBouncer ----------------------------------------------------------------------------------
 
@@ -284,6 +311,10 @@ wait_ready() { # name port
             cat "$tmp/sentinel.log" >&2
             die "sentinel exited"
         fi
+        if [[ "$1" == tenancy ]] && ! kill -0 "$tenancy_pid" 2>/dev/null; then
+            cat "$tmp/sentinel-tenancy.log" >&2
+            die "sentinel (tenancy) exited"
+        fi
         sleep 0.2
     done
     [[ "$1" == sentinel ]] && tail -n 30 "$tmp/sentinel.log" >&2
@@ -291,19 +322,22 @@ wait_ready() { # name port
     die "$1 on port $2 did not answer SELECT 1 within 20s"
 }
 wait_ready sentinel "$sentinel_port"
+wait_ready tenancy "$tenancy_port"
 wait_ready pgbouncer "$bouncer_port"
 
 # --- runs ---------------------------------------------------------------------------------------
 
-declare -A port=([direct]="$pg_port" [sentinel]="$sentinel_port" [pgbouncer]="$bouncer_port")
-targets=(direct sentinel pgbouncer)
+declare -A port=([direct]="$pg_port" [sentinel]="$sentinel_port" [tenancy]="$tenancy_port"
+    [pgbouncer]="$bouncer_port")
+targets=(direct sentinel tenancy pgbouncer)
 
 # run_pgbench TARGET PROTOCOL CLIENTS SECONDS OUTFILE; never fails (the status goes into OUTFILE.rc)
 run_pgbench() {
-    local rc=0
+    local rc=0 workload=(-S)
+    [[ "$1" == tenancy ]] && workload=("${tenant_scripts[@]}" -D "scale=$SCALE")
     timeout --kill-after=10 $(($4 + 60)) \
-        "$pgbench_bin" -h 127.0.0.1 -p "${port[$1]}" -U bench -n -S -j 2 -c "$3" -T "$4" -M "$2" \
-        --max-tries=1 bench >"$5" 2>&1 || rc=$?
+        "$pgbench_bin" -h 127.0.0.1 -p "${port[$1]}" -U bench -n "${workload[@]}" -j 2 -c "$3" \
+        -T "$4" -M "$2" --max-tries=1 bench >"$5" 2>&1 || rc=$?
     echo "$rc" >"$5.rc"
 }
 
@@ -370,6 +404,10 @@ cpu_model="$(awk -F': *' '/^model name/{ print $2; exit }' /proc/cpuinfo)"
 echo
 echo "### pgbench select-only: direct vs Sentinel vs PgBouncer"
 echo
+echo "\"sentinel+tenancy\": Sentinel enforcing tenant context, each select carrying a tenant tag"
+echo "(one of $TENANTS tenants at random per transaction), so every transaction is classified and"
+echo "gets the tenant set in it. The other columns run plain \`pgbench -S\`."
+echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr)"
 echo "- load average (1/5/15 min): before $load_before, after $load_after"
@@ -379,23 +417,26 @@ echo "- setup: scale $SCALE, pool size $POOL_SIZE (Sentinel pool_size, PgBouncer
     "transaction pooling, Sentinel threads $THREADS, \`pgbench -S -n -j 2 -T $DURATION\`," \
     "everything on loopback on this machine (warm-up ${WARMUP}s per target)"
 echo
-echo "| protocol | clients | tps direct | tps sentinel | tps pgbouncer | lat direct (ms) | lat sentinel (ms) | lat pgbouncer (ms) | sentinel/direct | sentinel/pgbouncer | failed/aborted (d, s, p) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| protocol | clients | tps direct | tps sentinel | tps sentinel+tenancy | tps pgbouncer | lat direct (ms) | lat sentinel (ms) | lat sentinel+tenancy (ms) | lat pgbouncer (ms) | sentinel/direct | sentinel/pgbouncer | sentinel+tenancy/pgbouncer | failed/aborted (d, s, s+t, p) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for p in $PROTOCOLS; do
     for c in $CLIENTS; do
-        d="$p/$c/direct" s="$p/$c/sentinel" b="$p/$c/pgbouncer"
+        d="$p/$c/direct" s="$p/$c/sentinel" t="$p/$c/tenancy" b="$p/$c/pgbouncer"
         if [[ "$p" == prepared && "${status[$b]}" != ok ]]; then
             bt="n/a (PgBouncer 1.18 has no prepared statements in transaction mode)"
             bl="n/a"
             sb="n/a"
+            tb="n/a"
         else
             bt="$(cell "$b")"
             bl="$(latcell "$b")"
             sb="$(ratio "$(okval "$s")" "$(okval "$b")")"
+            tb="$(ratio "$(okval "$t")" "$(okval "$b")")"
         fi
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s, %s, %s |\n' \
-            "$p" "$c" "$(cell "$d")" "$(cell "$s")" "$bt" "$(latcell "$d")" "$(latcell "$s")" "$bl" \
-            "$(ratio "$(okval "$s")" "$(okval "$d")")" "$sb" "${errs[$d]}" "${errs[$s]}" "${errs[$b]}"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s, %s, %s, %s |\n' \
+            "$p" "$c" "$(cell "$d")" "$(cell "$s")" "$(cell "$t")" "$bt" "$(latcell "$d")" \
+            "$(latcell "$s")" "$(latcell "$t")" "$bl" "$(ratio "$(okval "$s")" "$(okval "$d")")" \
+            "$sb" "$tb" "${errs[$d]}" "${errs[$s]}" "${errs[$t]}" "${errs[$b]}"
     done
 done
 echo
@@ -418,6 +459,10 @@ if ((failed_any)); then
     echo "Sentinel log (last 40 lines):"
     echo '```'
     tail -n 40 "$tmp/sentinel.log"
+    echo '```'
+    echo "Sentinel (tenancy) log (last 40 lines):"
+    echo '```'
+    tail -n 40 "$tmp/sentinel-tenancy.log"
     echo '```'
     exit 1
 fi

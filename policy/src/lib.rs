@@ -8,6 +8,9 @@
 //! - [`keys`]: master keyring, environment salt, HKDF sub-keys, sealed values, tenant tokens,
 //!   virtual LLM keys and admin tokens.
 //! - [`tenant`]: tenant ids and their pattern, the SQL comment lexer, sqlcommenter tenant tags.
+//! - [`sql`]: the statement classifier (needs a tenant, free, forbidden, tenant command,
+//!   unparsable) over `pg_query`'s parse tree, and the verdict cache.
 
 pub mod keys;
+pub mod sql;
 pub mod tenant;

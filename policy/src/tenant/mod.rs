@@ -25,9 +25,11 @@
 //! - `lex`: [`comments`] / [`block_comments`]: top-level comments with their byte spans.
 //! - `comment`: [`sqlcommenter_tags`], [`tenant_tag`], [`tenant_id_from_comments`].
 //! - `strip`: [`strip_comments`].
+//! - `context`: [`TenantContext`]: which tenant a connection's statements act for.
 //! - `error`: [`TenantError`] with [`TenantError::sqlstate`] and [`TenantError::label`].
 
 mod comment;
+mod context;
 mod error;
 mod id;
 mod lex;
@@ -37,6 +39,7 @@ pub use comment::{
     DEFAULT_TENANT_KEY, Tags, sqlcommenter_tags, sqlcommenter_tags_for_key,
     tenant_id_from_comments, tenant_tag,
 };
+pub use context::{ContextError, SetOutcome, SetScope, TenantContext};
 pub use error::{TenantError, Unterminated};
 pub use id::{DEFAULT_TENANT_ID_PATTERN, MAX_TENANT_ID_LEN, TenantId, TenantIdPattern};
 pub use lex::{Comment, CommentKind, Comments, block_comments, comments};

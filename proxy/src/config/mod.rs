@@ -717,7 +717,7 @@ auth = "trust"
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../../deploy/sentinel.example.toml");
+        let text = include_str!("../../../deploy/sentinel.example.toml");
         Config::parse(text).expect("deploy/sentinel.example.toml is valid");
     }
 }

@@ -40,6 +40,9 @@ pub enum PgError {
     /// (applying its startup parameters): passed on with Postgres's own code and text.
     #[error("{message}")]
     Server { code: String, message: String },
+    /// Tenancy refused the login.
+    #[error("{}", .0.message())]
+    Tenancy(super::tenancy::Refusal),
     /// The client's socket failed: nothing can be sent to it.
     #[error("client connection: {0}")]
     ClientIo(#[source] std::io::Error),
@@ -60,6 +63,7 @@ impl PgError {
             PgError::IdleTransactionTimeout => "25P03",
             PgError::ShuttingDown => "57P01",
             PgError::Server { code, .. } => code,
+            PgError::Tenancy(r) => r.sqlstate(),
             PgError::ClientIo(_) => "08006",
         }
     }
@@ -79,6 +83,7 @@ impl PgError {
             PgError::LoginTimeout => "login_timeout",
             PgError::ShuttingDown => "shutdown",
             PgError::Server { .. } => "server",
+            PgError::Tenancy(_) => "tenancy",
             PgError::ClientIo(_) => "client_io",
         }
     }

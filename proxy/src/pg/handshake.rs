@@ -14,7 +14,11 @@ use super::PgShared;
 use super::auth::scram::{ScramServer, ScramVerifier};
 use super::conn::{BoxStream, Conn, ReadError};
 use super::error::{PgError, PgResult};
-use crate::config::ClientAuth;
+use crate::config::{ClientAuth, Source};
+use sentinel_policy::keys::verify_tenant_token;
+use sentinel_policy::tenant::{ContextError, TenantId};
+
+use super::tenancy::Refusal;
 
 /// Startup parameters that describe the connection rather than settings to apply.
 const CONNECTION_PARAMS: &[&str] = &["user", "database", "options", "replication"];
@@ -26,6 +30,8 @@ pub struct ClientLogin {
     pub database: String,
     /// Settings the client asked for at startup, applied on whichever server it uses.
     pub params: BTreeMap<String, String>,
+    /// The tenant the whole connection is bound to, by its token or startup parameter.
+    pub bound: Option<(TenantId, Source)>,
 }
 
 pub enum Accepted {
@@ -100,18 +106,21 @@ pub async fn accept(
 
     let mut conn = Conn::new(stream, shared.config.postgres.max_message_bytes);
     conn.rbuf = buf;
-    match login(&mut conn, minor, &startup, peer, shared).await {
+    let secure = encrypted || peer.is_some_and(|ip| ip.is_loopback());
+    match login(&mut conn, minor, &startup, peer, secure, shared).await {
         Ok(ClientParams {
             user,
             server_user,
             database,
             params,
+            bound,
         }) => Ok(Accepted::Login(Box::new(ClientLogin {
             conn,
             user,
             server_user,
             database,
             params,
+            bound,
         }))),
         Err(e) => {
             if !matches!(e, PgError::ClientIo(_)) {
@@ -138,9 +147,10 @@ async fn login(
     minor: u16,
     startup: &[(String, String)],
     peer: Option<IpAddr>,
+    secure: bool,
     shared: &PgShared,
 ) -> PgResult<ClientParams> {
-    let login = read_startup(startup, shared)?;
+    let mut login = read_startup(startup, peer, shared)?;
 
     // Sentinel speaks protocol 3.0 and no `_pq_` extensions; say so, as Postgres does.
     let extensions: Vec<&str> = startup
@@ -152,7 +162,18 @@ async fn login(
         encode::negotiate_protocol_version(&mut conn.wbuf, 0, &extensions);
     }
 
-    authenticate(conn, &login.user, peer, shared).await?;
+    if let Some(token_tenant) = authenticate(conn, &login.user, peer, secure, shared).await? {
+        if login
+            .bound
+            .as_ref()
+            .is_some_and(|(tenant, _)| tenant != &token_tenant)
+        {
+            return Err(PgError::Tenancy(Refusal::Context(
+                ContextError::BoundSwitch,
+            )));
+        }
+        login.bound = Some((token_tenant, Source::Token));
+    }
     Ok(login)
 }
 
@@ -161,9 +182,14 @@ struct ClientParams {
     server_user: String,
     database: String,
     params: BTreeMap<String, String>,
+    bound: Option<(TenantId, Source)>,
 }
 
-fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<ClientParams> {
+fn read_startup(
+    startup: &[(String, String)],
+    peer: Option<IpAddr>,
+    shared: &PgShared,
+) -> PgResult<ClientParams> {
     let get = |name| StartupPacket::param(startup, name);
     let user = get("user")
         .filter(|u| !u.is_empty())
@@ -205,6 +231,7 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
             ));
         }
     }
+    let bound = startup_tenant(&mut params, &user, peer, shared)?.map(|t| (t, Source::Startup));
     let server_user = shared
         .users
         .get(&user)
@@ -215,7 +242,56 @@ fn read_startup(startup: &[(String, String)], shared: &PgShared) -> PgResult<Cli
         server_user,
         database,
         params,
+        bound,
     })
+}
+
+/// The startup source: `sentinel.tenant` (or the tenant setting itself) as a startup parameter
+/// or `-c` option, trusted only from `startup_networks`. Never passed on as a setting. Startup
+/// settings that would change whose row-level security applies are refused.
+fn startup_tenant(
+    params: &mut BTreeMap<String, String>,
+    user: &str,
+    peer: Option<IpAddr>,
+    shared: &PgShared,
+) -> PgResult<Option<TenantId>> {
+    let tenancy = &shared.config.tenancy;
+    if !tenancy.enabled || tenancy.bypass_users.iter().any(|u| u == user) {
+        return Ok(None);
+    }
+    for forbidden in ["role", "session_authorization"] {
+        if params.contains_key(forbidden) {
+            return Err(PgError::Tenancy(Refusal::StartupRole));
+        }
+    }
+    let setting = tenancy.setting.to_ascii_lowercase();
+    let mut value = None;
+    for name in ["sentinel.tenant", setting.as_str()] {
+        if let Some(v) = params.remove(name) {
+            if value.as_ref().is_some_and(|prev| prev != &v) {
+                return Err(PgError::Tenancy(Refusal::Context(
+                    ContextError::BoundSwitch,
+                )));
+            }
+            value = Some(v);
+        }
+    }
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let trusted = peer.is_some_and(|ip| tenancy.startup_networks.iter().any(|n| n.contains(&ip)));
+    if !tenancy.allows(Source::Startup) || !trusted {
+        return Err(PgError::Tenancy(Refusal::SourceRefused(
+            "a tenant in the startup parameters is not accepted from this address \
+             (tenancy.sources and tenancy.startup_networks)",
+        )));
+    }
+    let tenant = shared
+        .tenancy
+        .pattern
+        .parse(&value)
+        .map_err(|_| PgError::Tenancy(Refusal::InvalidTenant))?;
+    Ok(Some(tenant))
 }
 
 /// Setting names end up in `SET` statements: allow only what Postgres names look like.
@@ -276,14 +352,26 @@ fn parse_options(options: &str) -> PgResult<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Authenticates the client; with a tenant token, returns the tenant it names.
 async fn authenticate(
     conn: &mut Conn,
     user: &str,
     peer: Option<IpAddr>,
+    secure: bool,
     shared: &PgShared,
-) -> PgResult<()> {
+) -> PgResult<Option<TenantId>> {
     let entry = shared.users.get(user);
+    let mut tenant = None;
     match entry.map(|e| e.config.auth) {
+        Some(ClientAuth::TenantToken) => {
+            if !secure {
+                // The token travels in clear text: never over an unencrypted network hop.
+                return Err(PgError::Tenancy(Refusal::SourceRefused(
+                    "a tenant token is accepted only over TLS or from loopback",
+                )));
+            }
+            tenant = Some(token_exchange(conn, user, shared).await?);
+        }
         Some(ClientAuth::Trust) => {
             let trusted = peer.is_some_and(|ip| {
                 shared
@@ -310,7 +398,30 @@ async fn authenticate(
         }
     }
     encode::auth_ok(&mut conn.wbuf);
-    Ok(())
+    Ok(tenant)
+}
+
+/// Asks for the password in clear text and checks it as a tenant token.
+async fn token_exchange(conn: &mut Conn, user: &str, shared: &PgShared) -> PgResult<TenantId> {
+    encode::auth_cleartext_password(&mut conn.wbuf);
+    conn.flush().await.map_err(PgError::ClientIo)?;
+    let frame = read_password_message(conn).await?;
+    let body = frame.body();
+    let token = body.strip_suffix(&[0]).unwrap_or(body);
+    let token = std::str::from_utf8(token).map_err(|_| PgError::AuthFailed(user.to_owned()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = verify_tenant_token(shared.secrets.keyring(), shared.secrets.salt(), token, now)
+        .map_err(|e| {
+        tracing::info!(user, reason = e.label(), "tenant token refused");
+        PgError::AuthFailed(user.to_owned())
+    })?;
+    shared
+        .tenancy
+        .pattern
+        .parse(&claims.tenant)
+        .map_err(|_| PgError::Tenancy(Refusal::InvalidTenant))
 }
 
 async fn scram_exchange(

@@ -13,6 +13,7 @@ mod server;
 mod service;
 mod session;
 mod statements;
+pub mod tenancy;
 mod tls;
 
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ pub struct PgShared {
     pub statement_key: [u8; 32],
     /// The master keyring and environment salt (sealed upstream passwords; tenant tokens).
     pub secrets: Arc<Secrets>,
+    /// Tenant context enforcement: rules, verdict cache, refusal counts.
+    pub tenancy: Arc<tenancy::Tenancy>,
 }
 
 impl PgShared {
@@ -118,7 +121,9 @@ impl PgShared {
                 }
             }
         }
+        let tenancy = Arc::new(tenancy::Tenancy::new(&config.tenancy).context("tenancy")?);
         Ok(PgShared {
+            tenancy,
             users,
             pools,
             cancels: Arc::default(),

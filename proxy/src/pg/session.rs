@@ -31,7 +31,10 @@ use super::server::ServerConn;
 use super::statements::{
     ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command, reset_commands,
 };
+use super::tenancy::state::{QueryPlan, Refused, TenantState};
+use super::tenancy::{Refusal, inject};
 use crate::config::PoolMode;
+use sentinel_policy::tenant::TenantId;
 
 /// What a message sent to the server will be answered with; popped when its last reply arrives.
 #[derive(Debug)]
@@ -43,20 +46,26 @@ enum Pending {
         name: Option<Arc<str>>,
         client: Option<String>,
     },
+    /// `swallow`: Sentinel's own (the tenant it sets).
     Bind {
         statement: Option<Arc<Statement>>,
+        swallow: bool,
     },
     Describe {
         statement: Option<Arc<Statement>>,
     },
-    Execute,
+    Execute {
+        swallow: bool,
+    },
     Close {
         swallow: bool,
     },
     Sync,
     /// `swallow`: a query of Sentinel's own; nothing of its reply reaches the client.
+    /// `prefix`: Sentinel put a statement of its own in front of the client's text.
     Query {
         swallow: bool,
+        prefix: Option<Prefix>,
     },
     FunctionCall,
     /// A reply Sentinel produced itself, sent when everything before it has been answered; and
@@ -101,10 +110,19 @@ impl Pending {
                 | Pending::Abort
                 | Pending::Bind { .. }
                 | Pending::Describe { .. }
-                | Pending::Execute
+                | Pending::Execute { .. }
                 | Pending::Close { .. }
         )
     }
+}
+
+/// The statement Sentinel put in front of a client's simple Query.
+#[derive(Debug, Clone, Copy)]
+struct Prefix {
+    /// Its length in characters: error positions in the client's text move by this much.
+    chars: u32,
+    /// Its replies (RowDescription, DataRow, CommandComplete) have not all arrived yet.
+    replying: bool,
 }
 
 /// A change to the client's statements made when Sentinel answered a Parse or Close itself.
@@ -173,6 +191,16 @@ pub struct Session {
     idle_since: Option<Instant>,
     shutdown: pingora::server::ShutdownWatch,
     drain_deadline: Option<Instant>,
+    /// The client's login user.
+    user: String,
+    /// Tenant context enforcement; `None` when tenancy is off or the user bypasses it.
+    tenant: Option<TenantState>,
+    /// A bypass user of enabled tenancy: statements are logged with their fingerprints.
+    bypass: bool,
+    /// The prefix to put in front of the simple Query being forwarded.
+    next_prefix: Option<String>,
+    /// The tenant to set before the Bind being forwarded.
+    next_inject: Option<(TenantId, Option<String>)>,
 }
 
 impl Session {
@@ -184,6 +212,11 @@ impl Session {
     ) -> Session {
         let cancel = shared.cancels.register();
         let mode = shared.config.postgres.pool_mode;
+        let tenancy = &shared.tenancy;
+        let tenant = tenancy
+            .applies_to(&login.user)
+            .then(|| TenantState::new(tenancy.clone(), login.bound.clone().map(|(t, _)| t)));
+        let bypass = tenancy.config.enabled && tenant.is_none();
         Session {
             client: login.conn,
             pool,
@@ -208,6 +241,11 @@ impl Session {
             idle_since: None,
             shutdown,
             drain_deadline: None,
+            user: login.user,
+            tenant,
+            bypass,
+            next_prefix: None,
+            next_inject: None,
             shared,
         }
     }
@@ -306,6 +344,9 @@ impl Session {
         if self.discarding {
             if frame.tag == f::SYNC {
                 self.discarding = false;
+                if let Some(tenant) = self.tenant.as_mut() {
+                    tenant.on_sync();
+                }
                 if self.held.is_some() {
                     self.send(frame.raw(), Some(Pending::Sync));
                     self.batch_open = false;
@@ -318,6 +359,15 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let msg = FrontendMessage::parse(&frame)?;
+        if self.tenant.is_some() {
+            if self.tenancy_gate(&msg) {
+                return Ok(Flow::Continue);
+            }
+        } else if self.bypass
+            && let FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } = &msg
+        {
+            self.shared.tenancy.bypass(sql, &self.user);
+        }
         match &msg {
             FrontendMessage::Terminate => return Ok(Flow::Close),
             FrontendMessage::Password(_) => {
@@ -350,7 +400,13 @@ impl Session {
             }
             FrontendMessage::Query { sql } => {
                 if let Some(cmd) = local_command(sql) {
+                    let resets_all =
+                        matches!(cmd, LocalCommand::ResetAll | LocalCommand::DiscardAll);
                     if self.answer_locally(cmd) {
+                        self.next_prefix = None;
+                        if resets_all && let Some(tenant) = self.tenant.as_mut() {
+                            tenant.reset_all();
+                        }
                         return Ok(Flow::Continue);
                     }
                 } else if let Some(resets) = reset_commands(sql) {
@@ -392,6 +448,8 @@ impl Session {
             // The client stays connected: it gets the error as Postgres would report a failed
             // statement, and may try again.
             tracing::warn!(error = %e, kind = e.kind(), "no server connection for client");
+            self.next_prefix = None;
+            self.next_inject = None;
             e.encode(&mut self.client.wbuf, "ERROR");
             match msg {
                 FrontendMessage::Query { .. }
@@ -405,6 +463,164 @@ impl Session {
         }
         self.forward(&frame, msg);
         Ok(Flow::Continue)
+    }
+
+    /// Tenancy's say on a client message: true when Sentinel answered or refused it here.
+    fn tenancy_gate(&mut self, msg: &FrontendMessage<'_>) -> bool {
+        enum Action {
+            Pass,
+            Reply(BytesMut),
+            ReplyReady(BytesMut),
+            RefuseQuery(Refused),
+            RefuseExtended(Refused),
+            AlreadyExists(String),
+        }
+        let Some(tenant) = self.tenant.as_mut() else {
+            return false;
+        };
+        let action = match msg {
+            FrontendMessage::Query { sql } => match tenant.on_query(sql, self.tx) {
+                Ok(QueryPlan::Forward {
+                    prefix,
+                    session_state,
+                }) => {
+                    self.next_prefix = prefix;
+                    self.dirty.session |= session_state;
+                    Action::Pass
+                }
+                Ok(QueryPlan::Answer(out)) => Action::ReplyReady(out),
+                Err(refused) => Action::RefuseQuery(refused),
+            },
+            FrontendMessage::FunctionCall => Action::RefuseQuery((Refusal::FunctionCall, 0)),
+            FrontendMessage::Parse {
+                name,
+                sql,
+                param_types,
+            } => {
+                if !name.is_empty() && tenant.is_local_statement(name) {
+                    Action::AlreadyExists((*name).to_owned())
+                } else if !name.is_empty() && self.statements.get(name).is_some() {
+                    Action::Pass // refused as Postgres would when forwarded
+                } else {
+                    match tenant.on_parse(name, sql, param_types) {
+                        Ok(Some(out)) => Action::Reply(out),
+                        Ok(None) => Action::Pass,
+                        Err(refused) => Action::RefuseExtended(refused),
+                    }
+                }
+            }
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest,
+            } => match tenant.local_bind(portal, statement, rest) {
+                Some(Ok(out)) => Action::Reply(out),
+                Some(Err(refusal)) => Action::RefuseExtended((refusal, 0)),
+                None => match tenant.on_bind(statement, self.tx) {
+                    Ok(plan) => {
+                        self.next_inject = plan.inject;
+                        self.dirty.session |= plan.session_state;
+                        Action::Pass
+                    }
+                    Err(refused) => Action::RefuseExtended(refused),
+                },
+            },
+            FrontendMessage::Describe { kind, name } => match tenant.local_describe(*kind, name) {
+                Some(out) => Action::Reply(out),
+                None => Action::Pass,
+            },
+            FrontendMessage::Execute { portal, .. } => match tenant.local_execute(portal) {
+                Some(Ok(out)) => Action::Reply(out),
+                Some(Err(refused)) => Action::RefuseExtended(refused),
+                None => Action::Pass,
+            },
+            FrontendMessage::Close { kind, name } => match tenant.local_close(*kind, name) {
+                Some(out) => Action::Reply(out),
+                None => Action::Pass,
+            },
+            FrontendMessage::Sync => {
+                tenant.on_sync();
+                Action::Pass
+            }
+            _ => Action::Pass,
+        };
+        let action = match action {
+            Action::RefuseQuery((refusal, fingerprint))
+            | Action::RefuseExtended((refusal, fingerprint))
+                if !self.shared.tenancy.config.enforce =>
+            {
+                // Report-only: counted and logged as a refusal, then run as sent.
+                self.shared
+                    .tenancy
+                    .reported(&refusal, fingerprint, &self.user);
+                self.next_prefix = None;
+                self.next_inject = None;
+                Action::Pass
+            }
+            other => other,
+        };
+        match action {
+            Action::Pass => return false,
+            Action::Reply(out) => self.respond(out.freeze()),
+            Action::ReplyReady(out) => {
+                self.respond(out.freeze());
+                self.respond_ready();
+            }
+            Action::RefuseQuery(refused) => self.refuse_query(refused),
+            Action::RefuseExtended((refusal, fingerprint)) => {
+                self.shared
+                    .tenancy
+                    .refused(&refusal, fingerprint, &self.user);
+                let reply = self.refusal_reply(&refusal);
+                self.refuse_with(reply);
+            }
+            Action::AlreadyExists(name) => {
+                self.refuse(
+                    "42P05",
+                    &format!("prepared statement \"{name}\" already exists"),
+                );
+            }
+        }
+        true
+    }
+
+    /// Refuses a simple Query (or function call) for tenancy: the error, then ReadyForQuery.
+    /// Inside a transaction block the server's transaction is made to fail as well, as it would
+    /// after an error of Postgres's own, so a later COMMIT cannot keep half of the work.
+    fn refuse_query(&mut self, (refusal, fingerprint): Refused) {
+        self.shared
+            .tenancy
+            .refused(&refusal, fingerprint, &self.user);
+        self.next_prefix = None;
+        let in_block = self.tx != TransactionStatus::Idle
+            || self.tenant.as_ref().is_some_and(TenantState::block_open);
+        if self.held.is_some() && in_block {
+            let mut abort = BytesMut::new();
+            encode::query(&mut abort, "sentinel: statement refused");
+            self.send(
+                &abort,
+                Some(Pending::Query {
+                    swallow: true,
+                    prefix: None,
+                }),
+            );
+        }
+        let reply = self.refusal_reply(&refusal);
+        self.respond(reply);
+        self.respond_ready();
+    }
+
+    fn refusal_reply(&self, refusal: &Refusal) -> Bytes {
+        let mut out = BytesMut::new();
+        let hint = matches!(refusal, Refusal::NoContext).then(|| self.shared.tenancy.hint());
+        encode::error_response(
+            &mut out,
+            "ERROR",
+            refusal.sqlstate(),
+            &refusal.message(),
+            hint,
+        );
+        out.freeze()
     }
 
     /// Answers DEALLOCATE, DISCARD ALL and RESET for the client's own virtual session. Returns
@@ -493,7 +709,13 @@ impl Session {
         if let Some(sql) = params::sync_sql(&BTreeMap::new(), &restore) {
             let mut out = BytesMut::new();
             encode::query(&mut out, &sql);
-            self.send(&out, Some(Pending::Query { swallow: true }));
+            self.send(
+                &out,
+                Some(Pending::Query {
+                    swallow: true,
+                    prefix: None,
+                }),
+            );
         }
     }
 
@@ -527,7 +749,11 @@ impl Session {
     fn refuse(&mut self, code: &str, message: &str) {
         let mut out = BytesMut::new();
         encode::error_response(&mut out, "ERROR", code, message, None);
-        self.respond(out.freeze());
+        self.refuse_with(out.freeze());
+    }
+
+    fn refuse_with(&mut self, error: Bytes) {
+        self.respond(error);
         self.discarding = true;
         if self.held.is_some() {
             let mut abort = BytesMut::new();
@@ -562,11 +788,35 @@ impl Session {
     fn forward(&mut self, frame: &Frame, msg: FrontendMessage<'_>) {
         let raw = frame.raw();
         match msg {
-            FrontendMessage::Query { .. } => {
+            FrontendMessage::Query { sql } => {
                 // A simple Query drops the unnamed statement, on the server as in Postgres.
                 self.unnamed = None;
                 self.unnamed_on_server = false;
-                self.send(raw, Some(Pending::Query { swallow: false }));
+                match self.next_prefix.take() {
+                    Some(prefix) => {
+                        let mut out = BytesMut::with_capacity(raw.len() + prefix.len());
+                        encode::query(&mut out, &format!("{prefix}{sql}"));
+                        let chars = u32::try_from(prefix.chars().count()).unwrap_or(u32::MAX);
+                        let prefix = Some(Prefix {
+                            chars,
+                            replying: true,
+                        });
+                        self.send(
+                            &out,
+                            Some(Pending::Query {
+                                swallow: false,
+                                prefix,
+                            }),
+                        );
+                    }
+                    None => self.send(
+                        raw,
+                        Some(Pending::Query {
+                            swallow: false,
+                            prefix: None,
+                        }),
+                    ),
+                }
                 self.restore_after_reset();
             }
             FrontendMessage::FunctionCall => self.send(raw, Some(Pending::FunctionCall)),
@@ -633,9 +883,18 @@ impl Session {
                 let Some((name, stmt)) = self.server_statement(statement) else {
                     return;
                 };
+                if let Some((tenant, timeout)) = self.next_inject.take() {
+                    self.inject_tenant(&tenant, timeout.as_deref());
+                }
                 let mut out = BytesMut::new();
                 encode::bind_raw_params(&mut out, portal, &name, rest);
-                self.send(&out, Some(Pending::Bind { statement: stmt }));
+                self.send(
+                    &out,
+                    Some(Pending::Bind {
+                        statement: stmt,
+                        swallow: false,
+                    }),
+                );
             }
             FrontendMessage::Describe {
                 kind: TargetKind::Statement,
@@ -658,7 +917,7 @@ impl Session {
             }
             FrontendMessage::Execute { .. } => {
                 self.batch_open = true;
-                self.send(raw, Some(Pending::Execute));
+                self.send(raw, Some(Pending::Execute { swallow: false }));
             }
             FrontendMessage::Close { .. } => {
                 self.batch_open = true;
@@ -675,10 +934,12 @@ impl Session {
             }
             FrontendMessage::Flush | FrontendMessage::CopyData(_) => self.send(raw, None),
             FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
-                let copy_may_start = self
-                    .pending
-                    .iter()
-                    .any(|p| matches!(p, Pending::Query { swallow: false } | Pending::Execute));
+                let copy_may_start = self.pending.iter().any(|p| {
+                    matches!(
+                        p,
+                        Pending::Query { swallow: false, .. } | Pending::Execute { swallow: false }
+                    )
+                });
                 if self.copy_in {
                     self.copy_in = false;
                     self.send(raw, None);
@@ -787,7 +1048,17 @@ impl Session {
 
     fn on_server_frame(&mut self, frame: &Frame) -> PgResult<()> {
         use tag::backend as b;
-        self.swallowing = matches!(self.pending.front(), Some(Pending::Query { swallow: true }));
+        self.swallowing = matches!(
+            self.pending.front(),
+            Some(
+                Pending::Query { swallow: true, .. }
+                    | Pending::Bind { swallow: true, .. }
+                    | Pending::Execute { swallow: true }
+            )
+        );
+        if self.prefix_reply(frame) {
+            return Ok(());
+        }
         match frame.tag {
             b::DATA_ROW
             | b::COPY_DATA
@@ -832,13 +1103,13 @@ impl Session {
                 if let BackendMessage::CommandComplete { tag } = BackendMessage::parse(frame)? {
                     self.note_command(tag);
                 }
-                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
                     self.pending.pop_front();
                 }
                 self.pass_to_client(frame);
             }
             b::EMPTY_QUERY_RESPONSE | b::PORTAL_SUSPENDED => {
-                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
                     self.pending.pop_front();
                 }
                 self.pass_to_client(frame);
@@ -876,6 +1147,12 @@ impl Session {
                 }
                 self.tx = status;
                 self.copy_in = false;
+                if self.pending.is_empty()
+                    && !self.batch_open
+                    && let Some(tenant) = self.tenant.as_mut()
+                {
+                    tenant.settle(status);
+                }
                 if !self.pending.iter().any(Pending::ends_with_ready) {
                     self.busy_since = None;
                 }
@@ -897,7 +1174,7 @@ impl Session {
     /// sends another after CopyDone.
     fn start_copy_in(&mut self) {
         let ended = |p: &VecDeque<Pending>| p.iter().position(|e| matches!(e, Pending::CopyEnd));
-        if matches!(self.pending.front(), Some(Pending::Execute)) {
+        if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
             let end = ended(&self.pending).unwrap_or(self.pending.len());
             let mut index = 0;
             self.pending.retain(|p| {
@@ -929,10 +1206,21 @@ impl Session {
         self.reset_on_success.clear();
         // Sentinel's own abort: the client already has Sentinel's error.
         let own_abort = matches!(self.pending.front(), Some(Pending::Abort));
+        let injected = matches!(
+            self.pending.front(),
+            Some(Pending::Bind { swallow: true, .. } | Pending::Execute { swallow: true })
+        );
+        let prefix_shift = match self.pending.front() {
+            Some(Pending::Query {
+                prefix: Some(p), ..
+            }) if p.chars > 0 => Some(p.chars),
+            _ => None,
+        };
         let code = fields.code().unwrap_or_default();
         if let Some(
             Pending::Bind {
                 statement: Some(stmt),
+                ..
             }
             | Pending::Describe {
                 statement: Some(stmt),
@@ -981,9 +1269,85 @@ impl Session {
             }
         }
         if !own_abort {
-            self.pass_to_client(frame);
+            if let Some(shift) = prefix_shift {
+                // Positions count from the start of the text Postgres got, which began with
+                // Sentinel's prefix; the client's text starts after it.
+                let mut out = BytesMut::new();
+                shift_position(&mut out, &fields, shift);
+                self.client.wbuf.extend_from_slice(&out);
+            } else if injected {
+                // Sentinel's own tenant statement failed: the client must know its batch did.
+                self.client.wbuf.extend_from_slice(frame.raw());
+            } else {
+                self.pass_to_client(frame);
+            }
         }
         Ok(())
+    }
+
+    /// Swallows the replies of the tenant prefix of a simple Query. True when `frame` was one.
+    fn prefix_reply(&mut self, frame: &Frame) -> bool {
+        use tag::backend as b;
+        let Some(Pending::Query {
+            prefix: Some(prefix),
+            ..
+        }) = self.pending.front_mut()
+        else {
+            return false;
+        };
+        if !prefix.replying {
+            return false;
+        }
+        match frame.tag {
+            b::ROW_DESCRIPTION | b::DATA_ROW => true,
+            b::COMMAND_COMPLETE => {
+                prefix.replying = false;
+                true
+            }
+            b::ERROR_RESPONSE => {
+                // The prefix itself failed (the client's statements will not run): its error is
+                // the client's answer, with its position left as it is.
+                prefix.replying = false;
+                prefix.chars = 0;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends the statement that sets the tenant for the transaction, ahead of the client's Bind.
+    fn inject_tenant(&mut self, tenant: &TenantId, timeout: Option<&str>) {
+        let name = inject::statement_name(timeout.is_some());
+        if !self.server().prepared.contains(name) {
+            let mut parse = BytesMut::new();
+            let setting = self.shared.tenancy.config.setting.clone();
+            inject::statement(&mut parse, &setting, timeout.is_some());
+            let name: Arc<str> = name.into();
+            self.server().prepared.insert(name.clone());
+            self.send(
+                &parse,
+                Some(Pending::Parse {
+                    swallow: true,
+                    name: Some(name),
+                    client: None,
+                }),
+            );
+        }
+        let mut out = BytesMut::new();
+        inject::bind(&mut out, tenant, timeout);
+        self.send(
+            &out,
+            Some(Pending::Bind {
+                statement: None,
+                swallow: true,
+            }),
+        );
+        out.clear();
+        inject::execute(&mut out);
+        self.send(&out, Some(Pending::Execute { swallow: true }));
+        out.clear();
+        inject::close(&mut out);
+        self.send(&out, Some(Pending::Close { swallow: true }));
     }
 
     /// Learns from command tags what the statement left behind on the server connection.
@@ -1003,6 +1367,9 @@ impl Session {
                 // Also when the client ran it through the server (inside a multi-statement
                 // query, the extended protocol or session mode): its statements are gone.
                 self.statements.clear();
+                if let Some(tenant) = self.tenant.as_mut() {
+                    tenant.forget_statements();
+                }
                 let server = self.server();
                 server.prepared.clear();
                 if tag == "DISCARD ALL" {
@@ -1310,4 +1677,21 @@ async fn housekeeping(server: &mut ServerConn, sql: &str) -> PgResult<Option<PgE
     tokio::time::timeout(HOUSEKEEPING_TIMEOUT, run)
         .await
         .map_err(|_| PgError::UpstreamLost)?
+}
+
+/// Re-encodes an ErrorResponse with its position (`P`) moved back by `shift` characters.
+fn shift_position(out: &mut BytesMut, fields: &sentinel_wire::ErrorFields<'_>, shift: u32) {
+    let moved: Vec<(u8, String)> = fields
+        .fields
+        .iter()
+        .map(|(code, value)| {
+            let value = match (*code, value.parse::<u32>()) {
+                (b'P', Ok(p)) if p > shift => (p - shift).to_string(),
+                _ => (*value).to_owned(),
+            };
+            (*code, value)
+        })
+        .collect();
+    let borrowed: Vec<(u8, &str)> = moved.iter().map(|(c, v)| (*c, v.as_str())).collect();
+    encode::error_fields(out, tag::backend::ERROR_RESPONSE, &borrowed);
 }

@@ -330,18 +330,45 @@ pub fn empty_query_response(buf: &mut BytesMut) {
 
 /// A RowDescription of text columns with no table origin (what a `SELECT` of literals gets).
 pub fn row_description_text(buf: &mut BytesMut, columns: &[&str]) {
+    let columns: Vec<(&str, i16)> = columns.iter().map(|name| (*name, 0)).collect();
+    row_description_text_formats(buf, &columns);
+}
+
+/// Like [`row_description_text`], with a format code (0 text, 1 binary) for each column.
+pub fn row_description_text_formats(buf: &mut BytesMut, columns: &[(&str, i16)]) {
     const TEXT_OID: u32 = 25;
     message(buf, b'T', |b| {
         b.put_i16(i16::try_from(columns.len()).expect("column count fits"));
-        for name in columns {
+        for (name, format) in columns {
             cstr(b, name);
             b.put_u32(0); // table oid
             b.put_i16(0); // column number
             b.put_u32(TEXT_OID);
             b.put_i16(-1); // type size: varlena
             b.put_i32(-1); // type modifier
-            b.put_i16(0); // text format
+            b.put_i16(*format);
         }
+    });
+}
+
+/// A ParameterDescription: the type oid of each parameter of a statement.
+pub fn parameter_description(buf: &mut BytesMut, type_oids: &[u32]) {
+    message(buf, b't', |b| {
+        b.put_i16(i16::try_from(type_oids.len()).expect("parameter count fits"));
+        for oid in type_oids {
+            b.put_u32(*oid);
+        }
+    });
+}
+
+/// An ErrorResponse or NoticeResponse (`tag` `E` or `N`) with the given fields, in order.
+pub fn error_fields(buf: &mut BytesMut, tag: u8, fields: &[(u8, &str)]) {
+    message(buf, tag, |b| {
+        for (code, value) in fields {
+            b.put_u8(*code);
+            cstr(b, value);
+        }
+        b.put_u8(0);
     });
 }
 

@@ -1,0 +1,137 @@
+//! `classify`: parse a query text once and combine what each of its statements says into one
+//! [`Verdict`].
+
+use std::panic::catch_unwind;
+
+use super::forbidden::Forbidden;
+use super::statement;
+use super::tenant_command;
+use super::tree::to_tree;
+use super::verdict::{Rules, TenantCommand, TxEffects, Verdict, VerdictKind};
+use super::walk::walk;
+
+/// Classifies a query text (one or more statements) by parsing it with `pg_query`.
+///
+/// Precedence when statements disagree: `Unparsable` > `Forbidden` (the first reason found, in
+/// statement order) > `TenantCommand` (only when it is the only statement) > `NeedsTenant` >
+/// `Free`. Never panics: a parser failure of any kind is `Unparsable`.
+pub fn classify(sql: &str, rules: &Rules) -> Verdict {
+    let parsed = match catch_unwind(|| pg_query::parse(sql, 0)) {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(error)) => return unparsable(parse_error_message(error)),
+        Err(_) => return unparsable("the statement could not be checked".to_owned()),
+    };
+    let stmts = &parsed.protobuf.stmts;
+    let fingerprint = catch_unwind(|| pg_query::fingerprint(sql, 0, 0))
+        .ok()
+        .and_then(Result::ok)
+        .map_or(0, |f| f.value);
+
+    let mut acc = Accumulator::default();
+    let multi = stmts.len() > 1;
+    for raw in stmts {
+        let Ok(tree) = to_tree(&raw.stmt) else {
+            return unparsable("the statement could not be checked".to_owned());
+        };
+        let Some(stmt) = tree.as_struct() else {
+            continue;
+        };
+
+        if let Some(command) = tenant_command::recognize(stmt, rules) {
+            if multi {
+                acc.forbid(Forbidden::TenantSettingInMultiStatement);
+            }
+            match command {
+                Ok(command) => acc.command = acc.command.take().or(Some(command)),
+                Err(reason) => acc.forbid(reason),
+            }
+            continue;
+        }
+
+        let top = statement::facts(stmt);
+        let facts = walk(stmt, rules);
+        if facts.needs_tenant {
+            acc.needs_tenant = true;
+            if acc.tx.ends {
+                acc.tx.tenant_after_end = true;
+            }
+        }
+        if let Some(reason) = facts.forbidden {
+            acc.forbid(reason);
+        }
+        acc.relations.extend(facts.relations);
+        acc.session_state |= facts.session_state || top.session_state;
+        acc.no_transaction_block |= top.no_transaction_block;
+        acc.tx.begins |= top.begins;
+        acc.tx.ends |= top.ends;
+        acc.tx.rolls_back_to_savepoint |= top.rolls_back_to_savepoint;
+    }
+
+    let kind = if let Some(reason) = acc.forbidden {
+        VerdictKind::Forbidden(reason)
+    } else if let (Some(command), false) = (acc.command, multi) {
+        VerdictKind::TenantCommand(command)
+    } else if acc.needs_tenant {
+        VerdictKind::NeedsTenant
+    } else {
+        VerdictKind::Free
+    };
+    let mut relations = acc.relations;
+    relations.sort_unstable();
+    relations.dedup();
+    Verdict {
+        kind,
+        relations,
+        fingerprint,
+        statements: stmts.len(),
+        no_transaction_block: acc.no_transaction_block,
+        session_state: acc.session_state,
+        tx: acc.tx,
+    }
+}
+
+/// What the statements of one text add up to so far.
+#[derive(Default)]
+struct Accumulator {
+    forbidden: Option<Forbidden>,
+    command: Option<TenantCommand>,
+    needs_tenant: bool,
+    relations: Vec<String>,
+    no_transaction_block: bool,
+    session_state: bool,
+    tx: TxEffects,
+}
+
+impl Accumulator {
+    fn forbid(&mut self, reason: Forbidden) {
+        self.forbidden.get_or_insert(reason);
+    }
+}
+
+fn unparsable(message: String) -> Verdict {
+    Verdict {
+        kind: VerdictKind::Unparsable {
+            message,
+            cursor: None,
+        },
+        relations: Vec::new(),
+        fingerprint: 0,
+        statements: 0,
+        no_transaction_block: false,
+        session_state: false,
+        tx: TxEffects::default(),
+    }
+}
+
+/// A message for the client. The parser's own (`syntax error at or near "x"`) quotes only the
+/// client's text; the other failures get fixed words.
+fn parse_error_message(error: pg_query::Error) -> String {
+    match error {
+        pg_query::Error::Parse(message) => message,
+        pg_query::Error::Conversion(_) => "the query text contains a zero byte".to_owned(),
+        pg_query::Error::Decode(_) => {
+            "the statement is nested too deeply for Sentinel to check".to_owned()
+        }
+        _ => "the statement could not be checked".to_owned(),
+    }
+}

@@ -1,0 +1,197 @@
+//! Tenant context enforcement in the Postgres front: what the session asks before it forwards a
+//! statement, and what it injects so the statement runs with the caller's tenant.
+//!
+//! The decisions are pure and live in `sentinel_policy` (the SQL classifier and its verdict
+//! cache, tenant ids, comment tags, the per-connection [`TenantContext`]); this module holds
+//! what every session shares ([`Tenancy`]), the refusals a client can get ([`Refusal`]), the text
+//! and messages Sentinel injects ([`inject`]) and the answers it gives to the tenant commands it
+//! intercepts ([`local`]).
+
+pub mod inject;
+pub mod local;
+mod refusal;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use sentinel_policy::sql::{Rules, Verdict, VerdictCache, VerdictKind};
+use sentinel_policy::tenant::{
+    SetScope, TenantContext, TenantId, TenantIdPattern, tenant_id_from_comments,
+};
+
+use crate::config::{Scope, Source, TenancyConfig};
+pub use refusal::Refusal;
+
+/// A statement's verdict and the tenant its comment names, looked up once per statement text.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub verdict: Arc<Verdict>,
+    pub tag: Option<TenantId>,
+}
+
+/// What every session shares for tenancy. Built from the config.
+pub struct Tenancy {
+    pub config: TenancyConfig,
+    pub pattern: TenantIdPattern,
+    pub verdicts: VerdictCache,
+    /// `SELECT pg_catalog.set_config(...)` text per tenant with a `statement_timeout`, keyed by
+    /// tenant id; others use the plain form.
+    timeouts: BTreeMap<String, String>,
+    hint: String,
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    pub bypassed: AtomicU64,
+}
+
+impl Tenancy {
+    pub fn new(config: &TenancyConfig) -> anyhow::Result<Tenancy> {
+        let pattern = config.id_pattern()?;
+        let rules = Rules {
+            tenant_setting: config.setting.clone(),
+            global_tables: config.global_tables.clone(),
+            allow_do: config.allow_do,
+        };
+        let verdicts = VerdictCache::new(config.verdict_cache_size, Arc::new(rules));
+        let timeouts = config
+            .tenants
+            .iter()
+            .filter(|(_, t)| !t.statement_timeout.is_zero())
+            .map(|(id, t)| (id.clone(), format!("{}ms", t.statement_timeout.as_millis())))
+            .collect();
+        Ok(Tenancy {
+            hint: hint(config),
+            config: config.clone(),
+            pattern,
+            verdicts,
+            timeouts,
+            refusals: Mutex::new(BTreeMap::new()),
+            bypassed: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether `user`'s statements are checked at all.
+    pub fn applies_to(&self, user: &str) -> bool {
+        self.config.enabled && !self.config.bypass_users.iter().any(|u| u == user)
+    }
+
+    pub fn context(&self, bound: Option<TenantId>) -> TenantContext {
+        let scope = match self.config.scope {
+            Scope::Transaction => SetScope::Transaction,
+            Scope::Session => SetScope::Session,
+        };
+        TenantContext::new(bound, scope)
+    }
+
+    /// Classifies a statement text and reads its tenant tag. Statements that can never run
+    /// (unparsable, forbidden) are refused here.
+    pub fn check(&self, sql: &str) -> Result<Checked, Refusal> {
+        let verdict = self.verdicts.verdict(sql);
+        match &verdict.kind {
+            VerdictKind::Unparsable { message, .. } => {
+                return Err(Refusal::Unparsable(message.clone()));
+            }
+            VerdictKind::Forbidden(reason) => return Err(Refusal::Forbidden(*reason)),
+            VerdictKind::TenantCommand(_) if !self.config.allows(Source::Set) => {
+                return Err(Refusal::SetSourceOff);
+            }
+            _ => {}
+        }
+        let tag = if self.config.allows(Source::Comment) {
+            tenant_id_from_comments(sql, &self.config.comment_key, &self.pattern)
+                .map_err(Refusal::Tag)?
+        } else {
+            None
+        };
+        Ok(Checked { verdict, tag })
+    }
+
+    pub fn parse_tenant(&self, value: &str) -> Result<TenantId, Refusal> {
+        self.pattern
+            .parse(value)
+            .map_err(|_| Refusal::InvalidTenant)
+    }
+
+    /// The HINT of a `tenant context required` refusal: the sources that are switched on.
+    pub fn hint(&self) -> &str {
+        &self.hint
+    }
+
+    /// The `statement_timeout` to set with `tenant`, if one is configured.
+    pub fn statement_timeout(&self, tenant: &TenantId) -> Option<&str> {
+        self.timeouts.get(tenant.as_str()).map(String::as_str)
+    }
+
+    /// Counts a refusal and logs it with the statement's fingerprint (never its text).
+    pub fn refused(&self, refusal: &Refusal, fingerprint: u64, user: &str) {
+        *self.refusals.lock().entry(refusal.label()).or_insert(0) += 1;
+        tracing::info!(
+            user,
+            reason = refusal.label(),
+            sqlstate = refusal.sqlstate(),
+            fingerprint = format_args!("{fingerprint:016x}"),
+            "statement refused"
+        );
+    }
+
+    /// Counts and logs what would have been refused, in report-only mode (`enforce = false`).
+    pub fn reported(&self, refusal: &Refusal, fingerprint: u64, user: &str) {
+        *self.refusals.lock().entry(refusal.label()).or_insert(0) += 1;
+        tracing::warn!(
+            user,
+            reason = refusal.label(),
+            sqlstate = refusal.sqlstate(),
+            fingerprint = format_args!("{fingerprint:016x}"),
+            "statement would be refused (report-only: tenancy.enforce = false)"
+        );
+    }
+
+    /// Refusals so far (or, in report-only mode, statements that would have been refused), by
+    /// reason label.
+    pub fn refusal_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.refusals.lock().clone()
+    }
+
+    /// Logs a statement of a bypass user with its fingerprint.
+    pub fn bypass(&self, sql: &str, user: &str) {
+        self.bypassed.fetch_add(1, Ordering::Relaxed);
+        let verdict = self.verdicts.verdict(sql);
+        tracing::info!(
+            user,
+            fingerprint = format_args!("{:016x}", verdict.fingerprint),
+            "statement of a bypass user, not checked"
+        );
+    }
+}
+
+fn hint(config: &TenancyConfig) -> String {
+    let mut ways = Vec::new();
+    let mut sources = config.sources.clone();
+    // The per-statement sources first: they are what an app without a bound connection uses.
+    sources.sort_by_key(|s| match s {
+        Source::Comment => 0,
+        Source::Set => 1,
+        Source::Token => 2,
+        Source::Startup => 3,
+    });
+    sources.dedup();
+    for source in &sources {
+        ways.push(match source {
+            Source::Comment => format!(
+                "a sqlcommenter tag such as /*{}='<tenant>'*/ in the query",
+                config.comment_key
+            ),
+            Source::Set => match config.scope {
+                Scope::Transaction => format!(
+                    "SET LOCAL {} = '<tenant>' inside the transaction",
+                    config.setting
+                ),
+                Scope::Session => format!("SET {} = '<tenant>'", config.setting),
+            },
+            Source::Token => "a tenant token as the connection's password".to_owned(),
+            Source::Startup => "the startup parameter sentinel.tenant".to_owned(),
+        });
+    }
+    format!("give the tenant with {}", ways.join(", or "))
+}
