@@ -3,14 +3,20 @@
 #
 #   1. installs what is missing (scripts/setup.sh) and builds Sentinel (release);
 #   2. initdb's a fresh Postgres 15 cluster under .sentinel-demo/ (as the postgres OS user when run
-#      as root) on a free port, with a role `app` and a database `app`;
-#   3. loads deploy/rls.sql into `app` if it exists (row-level security and sample tenants);
+#      as root) on a free port, with two login roles: `app_owner`, which owns the database `app`
+#      and its tables, and `app`, the role Sentinel logs in as (not the owner, not superuser, not
+#      BYPASSRLS);
+#   3. loads deploy/rls.sql (tenant tables with ENABLE + FORCE row-level security, grants to
+#      `app`) and deploy/rls-demo-data.sql (tenants acme, globex, initech) as `app_owner`;
 #   4. makes a master keyring and an environment salt with `sentinel keys new` (the keyring into
 #      .sentinel-demo/master.key, mode 0600), seals the upstream password of role `app` with
-#      `sentinel seal`, and writes .sentinel-demo/sentinel.toml with the salt, the key file and the
-#      sealed password (no plaintext password in the config);
-#   5. runs `sentinel run` in the foreground on 127.0.0.1:6432 (or $SENTINEL_DEMO_PORT), after
-#      printing the psql line to connect through it.
+#      `sentinel seal`, and writes .sentinel-demo/sentinel.toml with the salt, the key file, the
+#      sealed password (no plaintext password in the config) and [tenancy] on;
+#   5. runs `sentinel audit`, which checks that nothing in the database defeats RLS for `app`;
+#   6. starts `sentinel run` on 127.0.0.1:6432 (or $SENTINEL_DEMO_PORT) and plays a short psql
+#      session through it: a query without a tenant is refused (42501 tenant context required),
+#      the same query tagged /*tenant='acme'*/ runs, and each tenant sees its own rows only;
+#   7. prints the psql line to connect through Sentinel and leaves it running, its log following.
 # Ctrl-C stops Sentinel and then Postgres. SENTINEL_BIN=<path> uses a prebuilt binary instead of
 # building one. Every run starts from a fresh cluster and fresh keys; passwords are
 # random per run and printed here, for the demo only.
@@ -73,6 +79,7 @@ fi
 
 pg_port="$(free_port)"
 su_password="$(secret)"
+owner_password="$(secret)"  # schema changes -> Postgres, as role app_owner
 app_password="$(secret)"    # Sentinel -> Postgres, as role app
 client_password="$(secret)" # you -> Sentinel, as user app
 
@@ -85,13 +92,23 @@ if ((${#as_pg[@]})); then chown postgres:postgres "$pwfile"; fi
     --no-instructions >"$demo/initdb.log" 2>&1) || { cat "$demo/initdb.log" >&2; die "initdb failed"; }
 rm -f "$pwfile"
 
-stop_postgres() {
+sentinel_pid=""
+tail_pid=""
+stop_all() {
+    if [[ -n "$tail_pid" ]]; then
+        kill "$tail_pid" 2>/dev/null || true
+    fi
+    if [[ -n "$sentinel_pid" ]] && kill -0 "$sentinel_pid" 2>/dev/null; then
+        say "stopping Sentinel"
+        kill -TERM "$sentinel_pid" 2>/dev/null || true
+        wait "$sentinel_pid" 2>/dev/null || true
+    fi
     if [[ -f "$pgdir/data/postmaster.pid" ]]; then
         say "stopping Postgres"
         (cd "$pgdir" && pg pg_ctl stop -D "$pgdir/data" -m fast -w >/dev/null 2>&1) || true
     fi
 }
-trap stop_postgres EXIT
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 say "starting Postgres on 127.0.0.1:$pg_port"
@@ -103,15 +120,20 @@ psql_su() {
     PGPASSWORD="$su_password" "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 \
         -h 127.0.0.1 -p "$pg_port" -U postgres "$@"
 }
-say "creating role app and database app"
-psql_su -d postgres -c "CREATE ROLE app LOGIN NOSUPERUSER PASSWORD '$app_password'" \
-    -c "CREATE DATABASE app OWNER app" >/dev/null
+psql_owner() {
+    PGPASSWORD="$owner_password" "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$pg_port" -U app_owner -d app "$@"
+}
+say "creating roles app_owner (owns database app) and app (Sentinel's role, owns nothing)"
+psql_su -d postgres \
+    -c "CREATE ROLE app_owner LOGIN NOSUPERUSER PASSWORD '$owner_password'" \
+    -c "CREATE ROLE app LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '$app_password'" \
+    -c "CREATE DATABASE app OWNER app_owner" >/dev/null
 
-# Row-level security and sample tenants (see deploy/): loaded when the file exists.
-if [[ -f deploy/rls.sql ]]; then
-    say "loading deploy/rls.sql into app"
-    psql_su -d app -f deploy/rls.sql >/dev/null
-fi
+# Row-level security and sample tenants (see deploy/), as the owner: `app` only gets grants.
+say "loading deploy/rls.sql and deploy/rls-demo-data.sql into app (as app_owner)"
+psql_owner -v app_role=app -f deploy/rls.sql >/dev/null
+psql_owner -f deploy/rls-demo-data.sql >/dev/null
 
 say "making a SCRAM verifier for the client password"
 verifier="$(printf '%s' "$client_password" | "$bin" scram-verifier)" ||
@@ -148,6 +170,15 @@ host = "127.0.0.1"
 port = $pg_port
 tls = "disable"
 
+[tenancy]
+enabled = true
+# The setting the RLS policies of deploy/rls.sql read.
+setting = "app.tenant_id"
+# The one table of deploy/rls.sql without tenant rows: no tenant needed to read it.
+global_tables = ["tenants"]
+# \`sentinel run\` audits the database first and logs what would defeat RLS.
+audit_on_start = "warn"
+
 [[postgres.users]]
 name = "app"
 auth = "scram-sha-256"
@@ -160,6 +191,7 @@ sealed="$(printf '%s' "$app_password" |
     "$bin" seal --config "$demo/sentinel.toml" --for-user app 2>/dev/null)" ||
     die "sentinel seal failed"
 [[ "$sealed" == sealed:v1:* ]] || die "unexpected output from sentinel seal"
+# shellcheck disable=SC2016 # backquotes for the TOML comment, not a substitution
 printf '# Sealed with the master keyring by `sentinel seal --for-user app`.\n' >>"$demo/sentinel.toml"
 printf 'server_password_sealed = "%s"\n' "$sealed" >>"$demo/sentinel.toml"
 
@@ -168,11 +200,67 @@ printf 'server_password_sealed = "%s"\n' "$sealed" >>"$demo/sentinel.toml"
 "$bin" keys check --config "$demo/sentinel.toml" >/dev/null ||
     die "sentinel keys check: the keyring does not open $demo/sentinel.toml"
 
+say "sentinel audit: does anything in database app defeat row-level security for role app?"
+"$bin" audit --config "$demo/sentinel.toml" ||
+    die "sentinel audit found problems (above) or could not run"
+
+say "starting Sentinel on 127.0.0.1:$listen_port (log: $demo/sentinel.log)"
+"$bin" run --config "$demo/sentinel.toml" >"$demo/sentinel.log" 2>&1 &
+sentinel_pid=$!
+for _ in $(seq 1 100); do
+    if port_in_use "$listen_port"; then break; fi
+    if ! kill -0 "$sentinel_pid" 2>/dev/null; then
+        cat "$demo/sentinel.log" >&2
+        die "Sentinel exited"
+    fi
+    sleep 0.1
+done
+port_in_use "$listen_port" || { cat "$demo/sentinel.log" >&2; die "Sentinel does not listen on $listen_port"; }
+
+# Runs one statement through Sentinel as user app (its own transaction) and prints it with what
+# psql answered, errors with their SQLSTATE. Returns psql's exit status.
+through_sentinel() {
+    printf '\n    app=> %s\n' "$1"
+    local out rc=0
+    out="$(PGPASSWORD="$client_password" PGCONNECT_TIMEOUT=10 "$pgbin/psql" -X -P pager=off \
+        -v VERBOSITY=verbose -h 127.0.0.1 -p "$listen_port" -U app -d app -c "$1" 2>&1)" || rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    last_output="$out"
+    return "$rc"
+}
+
+say "a short session through Sentinel, as user app"
+echo
+echo "  1. A tenant table without a tenant: Sentinel refuses it before it reaches Postgres."
+if through_sentinel "SELECT * FROM tasks"; then
+    say "warning: expected ERROR 42501 tenant context required (is tenant enforcement in this build?)"
+elif ! grep -q '42501' <<<"$last_output" || ! grep -q 'tenant context required' <<<"$last_output"; then
+    say "warning: expected ERROR 42501 tenant context required"
+fi
+
+echo
+echo "  2. The same query tagged with a tenant: it runs with app.tenant_id = 'acme' for its"
+echo "     transaction, and the RLS policies return acme's rows only."
+through_sentinel "/*tenant='acme'*/ SELECT * FROM tasks" || say "warning: the tagged query failed"
+
+echo
+echo "  3. A global table (tenancy.global_tables) needs no tenant."
+through_sentinel "SELECT id, name FROM tenants ORDER BY id" || say "warning: the query on tenants failed"
+
+echo
+echo "  4. What each tenant sees."
+for tenant in acme globex initech; do
+    through_sentinel "/*tenant='$tenant'*/ SELECT p.name AS project, t.title, t.done FROM tasks t JOIN projects p ON p.id = t.project_id ORDER BY t.id" ||
+        say "warning: the query for $tenant failed"
+done
+
 cat <<EOF
 
-  Sentinel will listen on 127.0.0.1:$listen_port. Connect through it with:
+  Sentinel listens on 127.0.0.1:$listen_port. Connect through it with:
 
     psql "postgresql://app:$client_password@127.0.0.1:$listen_port/app"
+
+  and give each statement a tenant, e.g.  /*tenant='globex'*/ SELECT * FROM open_tasks;
 
   Postgres itself (bypassing Sentinel, for comparison):
 
@@ -180,8 +268,11 @@ cat <<EOF
 
   Config: $demo/sentinel.toml    Postgres log: $pgdir/postgres.log
   Master keyring: $demo/master.key (the config holds only the salt and sealed values)
-  Ctrl-C stops Sentinel and Postgres.
+  Sentinel's log follows ($demo/sentinel.log). Ctrl-C stops Sentinel and Postgres.
 
 EOF
 
-"$bin" run --config "$demo/sentinel.toml"
+tail -n +1 -f "$demo/sentinel.log" &
+tail_pid=$!
+wait "$sentinel_pid" || true
+sentinel_pid=""

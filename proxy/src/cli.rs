@@ -1,6 +1,6 @@
-//! Command line: `sentinel run`, `sentinel check-config`, `sentinel scram-verifier`, and the key
-//! commands `sentinel keys new|rotate|drop|check`, `sentinel seal`, `sentinel token issue`,
-//! `sentinel vkey issue`.
+//! Command line: `sentinel run`, `sentinel check-config`, `sentinel audit`, `sentinel
+//! scram-verifier`, and the key commands `sentinel keys new|rotate|drop|check`, `sentinel seal`,
+//! `sentinel token issue`, `sentinel vkey issue`.
 //!
 //! Every command that needs the master keyring reads it like `run` does: from
 //! `SENTINEL_MASTER_KEY`, or from the file named by `[keys] master_key_file` in the config.
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::audit::{AuditOptions, audit_report, render_json, render_text};
 use crate::config::Config;
 use crate::pg::auth::scram::ScramVerifier;
 use crate::secrets::commands::{self, SealFor};
@@ -85,6 +86,30 @@ enum Command {
     /// Virtual LLM keys.
     #[command(subcommand)]
     Vkey(VkeyCommand),
+    /// Log in upstream as each configured user (except tenancy.bypass_users) and report what
+    /// would defeat row-level security: a superuser or BYPASSRLS role, tables without RLS or
+    /// owned without FORCE, policies that ignore the tenant setting, views and functions that
+    /// run as their owner. Exit status 0: no findings; 1: findings; 2: the audit could not run.
+    /// Reads the master keyring like `run` (for sealed upstream passwords).
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this configured user (audited even if it is in tenancy.bypass_users).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this database (instead of each user's `databases`).
+        #[arg(long)]
+        database: Option<String>,
+        /// Output: lines for people, or one JSON document.
+        #[arg(long, value_enum, default_value = "text")]
+        format: AuditFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuditFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +176,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
+        Command::Audit {
+            config,
+            user,
+            database,
+            format,
+        } => return audit(&config.config, AuditOptions { user, database }, format),
         Command::Run { config } => run(&config.config),
         Command::CheckConfig { config } => Config::load(&config.config)
             .map(|_| {
@@ -212,7 +243,40 @@ fn run(path: &Path) -> anyhow::Result<()> {
             "sealed with an older key; `sentinel keys rotate` re-seals them"
         );
     }
+    crate::audit::on_start(&config, &secrets)?;
     crate::app::run(config, Arc::new(secrets)).map(|_| ())
+}
+
+/// `sentinel audit`: exit status 0 without findings, 1 with findings, 2 when it cannot run.
+fn audit(path: &Path, options: AuditOptions, format: AuditFormat) -> ExitCode {
+    let report = (|| -> anyhow::Result<_> {
+        let config = Config::load(path)?;
+        let secrets = Secrets::load(&config)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(runtime.block_on(audit_report(&config, &secrets, &options))?)
+    })();
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("sentinel audit: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match format {
+        AuditFormat::Text => render_text(&report),
+        AuditFormat::Json => render_json(&report) + "\n",
+    };
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        eprintln!("sentinel audit: writing the report: {e}");
+        return ExitCode::from(2);
+    }
+    if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn scram_verifier() -> anyhow::Result<()> {

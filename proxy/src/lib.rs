@@ -2,6 +2,7 @@
 //! spend impossible. This library holds everything; `main.rs` only calls [`cli::main`].
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 mod drain;

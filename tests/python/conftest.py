@@ -355,8 +355,39 @@ class Sentinel:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+TENANCY_OFF = "[tenancy]\nenabled = false\n"
+
+
+def tenancy_toml(scope: str = "transaction", global_tables: tuple[str, ...] = ("tenants",)) -> str:
+    """`[tenancy]` switched on, every key spelled out at the product default except `scope`
+    and `global_tables` (like the Rust builder's `SentinelConfig::tenancy()`)."""
+    tables = ", ".join(toml_str(t) for t in global_tables)
+    return (
+        "[tenancy]\n"
+        "enabled = true\n"
+        "enforce = true\n"
+        'setting = "app.tenant_id"\n'
+        'id_pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"\n'
+        'sources = ["token", "startup", "comment", "set"]\n'
+        f"scope = {toml_str(scope)}\n"
+        'comment_key = "tenant"\n'
+        f"global_tables = [{tables}]\n"
+        "bypass_users = []\n"
+        "allow_do = false\n"
+        'startup_networks = ["127.0.0.1/32", "::1/128"]\n'
+        "verdict_cache_size = 10000\n"
+        'audit_on_start = "off"\n'
+    )
+
+
 def render_config(
-    db: Db, listen_port: int, pool_size: int, verifier: str, env_var: str, keys_toml: str
+    db: Db,
+    listen_port: int,
+    pool_size: int,
+    verifier: str,
+    env_var: str,
+    keys_toml: str,
+    tenancy: str = TENANCY_OFF,
 ) -> str:
     return f"""# Rendered by tests/python/conftest.py (format: deploy/sentinel.example.toml).
 
@@ -385,9 +416,7 @@ host = "127.0.0.1"
 port = {db.port}
 tls = "disable"
 
-[tenancy]
-enabled = false
-
+{tenancy}
 [[postgres.users]]
 name = {toml_str(db.role)}
 auth = "scram-sha-256"
@@ -397,7 +426,7 @@ server_password_env = {toml_str(env_var)}
 """
 
 
-def start_sentinel(db: Db, pool_size: int) -> Sentinel:
+def start_sentinel(db: Db, pool_size: int, tenancy: str = TENANCY_OFF) -> Sentinel:
     binary = sentinel_binary()
     env_var = "SENTINEL_PYTEST_SERVER_PASSWORD"
     keys_toml, keys_env = keys_setup()
@@ -406,7 +435,9 @@ def start_sentinel(db: Db, pool_size: int) -> Sentinel:
         port = free_port()
         config = run_dir / "sentinel.toml"
         config.write_text(
-            render_config(db, port, pool_size, scram_verifier(db.password), env_var, keys_toml)
+            render_config(
+                db, port, pool_size, scram_verifier(db.password), env_var, keys_toml, tenancy
+            )
         )
         log_path = run_dir / "sentinel.log"
         log = open(log_path, "wb")
@@ -472,3 +503,87 @@ def table_name(request) -> str:
     _table_counter += 1
     base = "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:40]
     return f"t_{base}_{_table_counter}"
+
+
+# --- tenancy: a database with row-level security, and Sentinels that enforce the tenant ---
+
+TENANTS = ("acme", "globex", "initech")
+SEEDED_PER_TENANT = 3
+
+
+@dataclass
+class TenancyEnv:
+    """A Sentinel with tenancy on, in front of a database whose `items` table is protected by
+    RLS (ENABLE + FORCE, policy on `nullif(current_setting('app.tenant_id', true), '')`), owned
+    by a NOLOGIN role; the app role Sentinel logs in as (the database's role) only has DML grants.
+    `tenants` is a global table. The oracle is a superuser connection straight to Postgres."""
+
+    sentinel: Sentinel
+    pg: PgCluster
+
+    @property
+    def db(self) -> Db:
+        return self.sentinel.db
+
+    def oracle(self) -> psycopg.Connection:
+        return self.pg.connect_superuser(self.db.name)
+
+    def oracle_rows(self, tenant: str) -> list[tuple[str, str]]:
+        with self.oracle() as c:
+            return [
+                (r[0], r[1])
+                for r in c.execute(
+                    "SELECT tenant_id, v FROM items WHERE tenant_id = %s ORDER BY id", (tenant,)
+                )
+            ]
+
+
+def create_tenancy_db(pg: PgCluster, prefix: str) -> Db:
+    db = pg.create_db(prefix)
+    owner = f"{db.role}_own"
+    with pg.connect_superuser(db.name) as c:
+        c.execute(f'CREATE ROLE "{owner}" NOLOGIN NOSUPERUSER NOBYPASSRLS')
+        c.execute(f'GRANT USAGE, CREATE ON SCHEMA public TO "{owner}"')
+        c.execute(f'SET ROLE "{owner}"')
+        c.execute("CREATE TABLE tenants (id text PRIMARY KEY, name text NOT NULL)")
+        c.execute(
+            "CREATE TABLE items (id serial PRIMARY KEY, tenant_id text NOT NULL, v text NOT NULL)"
+        )
+        c.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
+        c.execute("ALTER TABLE items FORCE ROW LEVEL SECURITY")
+        c.execute(
+            "CREATE POLICY items_tenant ON items"
+            " USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))"
+            " WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''))"
+        )
+        c.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON items, tenants TO "{db.role}"')
+        c.execute(f'GRANT USAGE, SELECT ON SEQUENCE items_id_seq TO "{db.role}"')
+        c.execute("RESET ROLE")
+        for t in TENANTS:
+            c.execute("INSERT INTO tenants VALUES (%s, %s)", (t, t))
+            for i in range(SEEDED_PER_TENANT):
+                c.execute("INSERT INTO items (tenant_id, v) VALUES (%s, %s)", (t, f"{t}-seed-{i}"))
+    # The fixture itself must be sound: the app role sees nothing without a tenant.
+    with db.connect_direct() as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (0,)
+    return db
+
+
+@pytest.fixture(scope="session")
+def sentinel_tenancy(pg):
+    """Tenancy on, scope = "transaction", pool_size 2."""
+    s = start_sentinel(
+        create_tenancy_db(pg, "pyten"), pool_size=2, tenancy=tenancy_toml("transaction")
+    )
+    yield TenancyEnv(sentinel=s, pg=pg)
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_tenancy_session(pg):
+    """Tenancy on, scope = "session" (a set-source tenant lasts until changed), pool_size 2."""
+    s = start_sentinel(
+        create_tenancy_db(pg, "pytensess"), pool_size=2, tenancy=tenancy_toml("session")
+    )
+    yield TenancyEnv(sentinel=s, pg=pg)
+    s.stop()

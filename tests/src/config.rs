@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
-use sentinel_policy::keys::{EnvSalt, KeyId, Keyring};
+use sentinel_policy::keys::{EnvSalt, KeyId, Keyring, issue_tenant_token};
+use sentinel_policy::tenant::DEFAULT_TENANT_ID_PATTERN;
 
 use crate::pg::{PgCluster, TestDb};
 use crate::sentinel::free_port;
@@ -55,6 +56,9 @@ pub enum Auth<'a> {
     Scram(&'a str),
     /// `auth = "scram-sha-256"` with this ready-made verifier (`SCRAM-SHA-256$...`).
     Verifier(&'a str),
+    /// `auth = "tenant-token"`: the client's password is a tenant token
+    /// ([`SentinelConfig::tenant_token`]); needs tenancy with the `token` source.
+    TenantToken,
 }
 
 /// `pool_mode`.
@@ -79,8 +83,10 @@ impl PoolMode {
 #[derive(Debug, Clone)]
 struct User {
     name: String,
-    /// `None` for trust, else the SCRAM verifier.
+    /// `None` for trust or tenant-token, else the SCRAM verifier.
     scram_verifier: Option<String>,
+    /// `auth = "tenant-token"` (then `scram_verifier` is `None`).
+    tenant_token: bool,
     server_user: String,
     server_password_env: Option<String>,
     server_password_file: Option<PathBuf>,
@@ -113,6 +119,43 @@ pub fn duration_str(d: Duration) -> String {
 /// A TOML basic string.
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A TOML array of basic strings.
+fn toml_list(items: &[&str]) -> String {
+    let list: Vec<String> = items.iter().map(|i| toml_str(i)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// A TOML key: bare if it can be, else quoted.
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare { key.to_owned() } else { toml_str(key) }
+}
+
+fn bool_str(on: bool) -> &'static str {
+    if on { "true" } else { "false" }
+}
+
+/// `[tenancy] scope`: how long a tenant given by the `set` source lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenancyScope {
+    /// Until the end of the transaction it was set in (the default).
+    Transaction,
+    /// Until changed or reset.
+    Session,
+}
+
+impl TenancyScope {
+    fn as_str(self) -> &'static str {
+        match self {
+            TenancyScope::Transaction => "transaction",
+            TenancyScope::Session => "session",
+        }
+    }
 }
 
 impl SentinelConfig {
@@ -292,13 +335,14 @@ impl SentinelConfig {
     /// [`server_password_env`](Self::server_password_env) follows.
     pub fn user(mut self, name: &str, auth: Auth<'_>, server_user: &str) -> Self {
         let scram_verifier = match auth {
-            Auth::Trust => None,
+            Auth::Trust | Auth::TenantToken => None,
             Auth::Scram(password) => Some(scram_verifier(password)),
             Auth::Verifier(v) => Some(v.to_owned()),
         };
         self.users.push(User {
             name: name.to_owned(),
             scram_verifier,
+            tenant_token: matches!(auth, Auth::TenantToken),
             server_user: server_user.to_owned(),
             server_password_env: None,
             server_password_file: None,
@@ -426,6 +470,135 @@ impl SentinelConfig {
             .map(str::to_owned)
     }
 
+    // --- [tenancy] ---
+
+    /// Tenant enforcement on (`[tenancy] enabled = true`), with every other `[tenancy]` key
+    /// spelled out at the product default so a test sees what it runs with:
+    /// `enforce = true`, `setting = "app.tenant_id"`, the default `id_pattern`, all four
+    /// sources, `scope = "transaction"`, `comment_key = "tenant"`, no global tables, no bypass
+    /// users, `allow_do = false`, loopback `startup_networks`, `verdict_cache_size = 10000`,
+    /// `audit_on_start = "off"`. The setters below change one key each.
+    pub fn tenancy(self) -> Self {
+        self.option("tenancy", "enabled", "true")
+            .tenancy_enforce(true)
+            .tenancy_setting("app.tenant_id")
+            .tenancy_id_pattern(DEFAULT_TENANT_ID_PATTERN)
+            .tenancy_sources(&["token", "startup", "comment", "set"])
+            .tenancy_scope(TenancyScope::Transaction)
+            .tenancy_comment_key("tenant")
+            .tenancy_global_tables(&[])
+            .tenancy_bypass_users(&[])
+            .tenancy_allow_do(false)
+            .tenancy_startup_networks(&["127.0.0.1/32", "::1/128"])
+            .tenancy_verdict_cache_size(10_000)
+            .tenancy_audit_on_start("off")
+    }
+
+    /// `[tenancy] enabled` (the builder's default is `false`; [`tenancy`](Self::tenancy) sets
+    /// it and the rest).
+    pub fn tenancy_enabled(self, on: bool) -> Self {
+        self.option("tenancy", "enabled", bool_str(on))
+    }
+
+    /// `[tenancy] enforce` (`false`: report-only).
+    pub fn tenancy_enforce(self, on: bool) -> Self {
+        self.option("tenancy", "enforce", bool_str(on))
+    }
+
+    /// `[tenancy] setting`: the setting the RLS policies read.
+    pub fn tenancy_setting(self, name: &str) -> Self {
+        let value = toml_str(name);
+        self.option("tenancy", "setting", &value)
+    }
+
+    /// `[tenancy] id_pattern`.
+    pub fn tenancy_id_pattern(self, pattern: &str) -> Self {
+        let value = toml_str(pattern);
+        self.option("tenancy", "id_pattern", &value)
+    }
+
+    /// `[tenancy] sources`: any of `token`, `startup`, `comment`, `set`.
+    pub fn tenancy_sources(self, sources: &[&str]) -> Self {
+        let value = toml_list(sources);
+        self.option("tenancy", "sources", &value)
+    }
+
+    /// `[tenancy] scope`.
+    pub fn tenancy_scope(self, scope: TenancyScope) -> Self {
+        let value = toml_str(scope.as_str());
+        self.option("tenancy", "scope", &value)
+    }
+
+    /// `[tenancy] comment_key`.
+    pub fn tenancy_comment_key(self, key: &str) -> Self {
+        let value = toml_str(key);
+        self.option("tenancy", "comment_key", &value)
+    }
+
+    /// `[tenancy] global_tables`: `name` or `schema.name`.
+    pub fn tenancy_global_tables(self, tables: &[&str]) -> Self {
+        let value = toml_list(tables);
+        self.option("tenancy", "global_tables", &value)
+    }
+
+    /// `[tenancy] bypass_users`: client user names, each also a `[[postgres.users]]` entry.
+    pub fn tenancy_bypass_users(self, users: &[&str]) -> Self {
+        let value = toml_list(users);
+        self.option("tenancy", "bypass_users", &value)
+    }
+
+    /// `[tenancy] allow_do`.
+    pub fn tenancy_allow_do(self, on: bool) -> Self {
+        self.option("tenancy", "allow_do", bool_str(on))
+    }
+
+    /// `[tenancy] startup_networks` (CIDRs).
+    pub fn tenancy_startup_networks(self, nets: &[&str]) -> Self {
+        let value = toml_list(nets);
+        self.option("tenancy", "startup_networks", &value)
+    }
+
+    /// `[tenancy] verdict_cache_size`.
+    pub fn tenancy_verdict_cache_size(self, n: u64) -> Self {
+        self.option("tenancy", "verdict_cache_size", &n.to_string())
+    }
+
+    /// `[tenancy] audit_on_start`: `off`, `warn` or `refuse`.
+    pub fn tenancy_audit_on_start(self, mode: &str) -> Self {
+        let value = toml_str(mode);
+        self.option("tenancy", "audit_on_start", &value)
+    }
+
+    /// `[tenancy.tenants.<tenant>] statement_timeout`.
+    pub fn tenant_statement_timeout(self, tenant: &str, d: Duration) -> Self {
+        let table = format!("tenancy.tenants.{}", toml_key(tenant));
+        self.duration_option(&table, "statement_timeout", d)
+    }
+
+    /// Adds a `[[postgres.users]]` entry with `auth = "tenant-token"` whose server side is the
+    /// [`TestDb`]'s role and password: clients log in as `name` with a tenant token as their
+    /// password ([`tenant_token`](Self::tenant_token)).
+    pub fn tenant_token_user_for(self, name: &str, db: &TestDb) -> Self {
+        self.user(name, Auth::TenantToken, &db.role)
+            .server_password(&db.password)
+    }
+
+    /// A tenant token (`stk1.<tenant>.<exp|0>.<kid>.<mac>`) for `tenant`, made in-process with
+    /// this config's master keyring and salt, as `sentinel token issue` would print it;
+    /// `expires_at` is a unix time (`None`: never expires).
+    pub fn tenant_token(&self, tenant: &str, expires_at: Option<u64>) -> anyhow::Result<String> {
+        let ring = self
+            .master_key_text()
+            .ok_or_else(|| anyhow::anyhow!("this config has no SENTINEL_MASTER_KEY keyring"))?;
+        let keyring = Keyring::parse(ring)?;
+        let salt = EnvSalt::from_base64(
+            &self
+                .salt_base64()
+                .ok_or_else(|| anyhow::anyhow!("this config has no [keys] salt"))?,
+        )?;
+        Ok(issue_tenant_token(&keyring, &salt, tenant, expires_at)?)
+    }
+
     /// The Postgres listen port.
     pub fn port(&self) -> u16 {
         self.listen_port
@@ -508,6 +681,7 @@ impl SentinelConfig {
                     out.push_str("auth = \"scram-sha-256\"\n");
                     let _ = writeln!(out, "scram_verifier = {}", toml_str(v));
                 }
+                None if user.tenant_token => out.push_str("auth = \"tenant-token\"\n"),
                 None => out.push_str("auth = \"trust\"\n"),
             }
             let _ = writeln!(out, "server_user = {}", toml_str(&user.server_user));

@@ -14,8 +14,9 @@ pub mod names;
 pub mod pg;
 pub mod reaper;
 pub mod sentinel;
+pub mod tenancy;
 
 pub use clients::{connect_direct, connect_via_sentinel};
-pub use config::{Auth, PoolMode, SentinelConfig};
+pub use config::{Auth, PoolMode, SentinelConfig, TenancyScope};
 pub use pg::{PgCluster, TestDb, shared_cluster};
 pub use sentinel::{CliOutput, SentinelProcess, free_port, run_sentinel};

@@ -96,7 +96,12 @@ pub async fn run_sentinel<S: AsRef<std::ffi::OsStr>>(
         .spawn()
         .with_context(|| format!("spawning {}", bin.display()))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input).await.context("writing to stdin")?;
+        // A command that refuses before reading its input closes stdin first: what it printed
+        // and its exit status are the result, not the broken pipe.
+        match pipe.write_all(input).await {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.context("writing to stdin")?,
+        }
         drop(pipe);
     }
     let out = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())

@@ -152,10 +152,13 @@ impl TenantContext {
         Ok(SetOutcome::Applied)
     }
 
-    /// `RESET <tenant setting>` / `SET … TO DEFAULT`. Inside a transaction that already acts for
-    /// a tenant this is a switch (to none), refused like one; a bound tenant stays.
+    /// `RESET <tenant setting>` / `SET … TO DEFAULT`: a switch to no tenant, refused like any
+    /// other switch on a bound connection or inside a transaction that already acts for one.
     pub fn reset(&mut self, local: bool, in_block: bool) -> Result<SetOutcome, ContextError> {
-        if in_block && self.transaction.is_some() && self.bound.is_none() {
+        if self.bound.is_some() {
+            return Err(ContextError::BoundSwitch);
+        }
+        if in_block && self.transaction.is_some() {
             return Err(ContextError::TwoTenants);
         }
         if local && !in_block {
@@ -211,7 +214,7 @@ mod tests {
         );
         assert_eq!(c.set(t("b"), false, false), Err(ContextError::BoundSwitch));
         assert_eq!(c.set(t("a"), false, false), Ok(SetOutcome::Applied));
-        assert_eq!(c.reset(false, true), Ok(SetOutcome::Applied));
+        assert_eq!(c.reset(false, false), Err(ContextError::BoundSwitch));
         c.end_transaction();
         assert_eq!(c.for_statement(None), Ok(Some(t("a"))));
     }

@@ -14,7 +14,7 @@ mod service;
 mod session;
 mod statements;
 pub mod tenancy;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use super::conn::{BoxStream, Conn, ReadError};
 use super::error::{PgError, PgResult};
 use crate::config::PasswordSource;
-use crate::secrets::{OpenError, Secrets, sealed_text};
+use crate::secrets::Secrets;
 
 /// Identifies a server connection in logs and the admin views.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
@@ -269,43 +269,13 @@ fn read_password(login: &Login, secrets: &Secrets) -> PgResult<Zeroizing<String>
         keys = ?secrets,
         "reading the upstream password"
     );
-    let missing = |why: String| PgError::UpstreamLogin(why);
-    let unseal = |sealed: &str, context: &str, origin: &str| {
-        secrets
-            .open_text(sealed, context)
-            .map_err(|e: OpenError| missing(format!("{origin}: {e}")))
-    };
-    match &login.password {
-        PasswordSource::None => Err(missing(format!(
+    match secrets.read_password(&login.password) {
+        Ok(Some(password)) => Ok(password),
+        Ok(None) => Err(PgError::UpstreamLogin(format!(
             "Postgres asks for a password for \"{}\" but none is configured \
              (server_password_sealed, server_password_env or server_password_file)",
             login.user
         ))),
-        PasswordSource::Sealed { value, context } => {
-            unseal(value, context, "server_password_sealed")
-        }
-        PasswordSource::Env { var, context } => {
-            let value = std::env::var(var)
-                .map(Zeroizing::new)
-                .map_err(|_| missing(format!("environment variable {var} is not set")))?;
-            match sealed_text(&value) {
-                Some(sealed) => unseal(&sealed, context, &format!("environment variable {var}")),
-                None => Ok(value),
-            }
-        }
-        PasswordSource::File { path, context } => {
-            let mut value = std::fs::read_to_string(path)
-                .map(Zeroizing::new)
-                .map_err(|e| missing(format!("cannot read {}: {e}", path.display())))?;
-            match sealed_text(&value) {
-                Some(sealed) => unseal(&sealed, context, &path.display().to_string()),
-                None => {
-                    // Truncating in place leaves nothing unwiped behind.
-                    let len = value.trim_end_matches(['\n', '\r']).len();
-                    value.truncate(len);
-                    Ok(value)
-                }
-            }
-        }
+        Err(e) => Err(PgError::UpstreamLogin(e.to_string())),
     }
 }

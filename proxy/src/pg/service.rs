@@ -156,14 +156,22 @@ impl PoolMaintenance {
 impl BackgroundService for PoolMaintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     for pool in self.shared.pools.all() {
                         pool.maintain().await;
                     }
+                    ticks += 1;
+                    if ticks.is_multiple_of(60) {
+                        self.shared.tenancy.log_stats();
+                    }
                 }
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.shared.tenancy.log_stats();
+                    return;
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use sentinel_policy::keys::{
 };
 use zeroize::Zeroizing;
 
-use crate::config::{Config, ConfigError, KeysConfig};
+use crate::config::{Config, ConfigError, KeysConfig, PasswordSource};
 
 /// The environment variable that holds the keyring text when no `master_key_file` is configured.
 pub const MASTER_KEY_ENV: &str = "SENTINEL_MASTER_KEY";
@@ -272,6 +272,72 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// Reads an upstream password from where the config says it is, at the time of the call (so
+    /// a rotated file is picked up): a sealed value in the config, or the content of an
+    /// environment variable or a file, opened with the keyring if it is a sealed value (a plain
+    /// file loses its trailing newline). `None` for [`PasswordSource::None`]. The value is wiped
+    /// when dropped; errors never hold it.
+    pub fn read_password(
+        &self,
+        source: &PasswordSource,
+    ) -> Result<Option<Zeroizing<String>>, PasswordError> {
+        let unseal = |sealed: &str, context: &str, origin: String| {
+            self.open_text(sealed, context)
+                .map_err(|error| PasswordError::Open { origin, error })
+        };
+        match source {
+            PasswordSource::None => Ok(None),
+            PasswordSource::Sealed { value, context } => {
+                unseal(value, context, "server_password_sealed".to_owned()).map(Some)
+            }
+            PasswordSource::Env { var, context } => {
+                let value = std::env::var(var)
+                    .map(Zeroizing::new)
+                    .map_err(|_| PasswordError::EnvNotSet(var.clone()))?;
+                match sealed_text(&value) {
+                    Some(sealed) => {
+                        unseal(&sealed, context, format!("environment variable {var}")).map(Some)
+                    }
+                    None => Ok(Some(value)),
+                }
+            }
+            PasswordSource::File { path, context } => {
+                let mut value =
+                    std::fs::read_to_string(path)
+                        .map(Zeroizing::new)
+                        .map_err(|error| PasswordError::ReadFile {
+                            path: path.clone(),
+                            error,
+                        })?;
+                match sealed_text(&value) {
+                    Some(sealed) => unseal(&sealed, context, path.display().to_string()).map(Some),
+                    None => {
+                        // Truncating in place leaves nothing unwiped behind.
+                        let len = value.trim_end_matches(['\n', '\r']).len();
+                        value.truncate(len);
+                        Ok(Some(value))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why [`Secrets::read_password`] got no password. Never holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("environment variable {0} is not set")]
+    EnvNotSet(String),
+    #[error("cannot read {}: {error}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{origin}: {error}")]
+    Open { origin: String, error: OpenError },
+}
+
 /// What [`Secrets::prove`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Proof {
@@ -445,6 +511,53 @@ mod tests {
         };
         let err = s.prove(&[good, bad]).unwrap_err().to_string();
         assert!(err.starts_with("c.d: sealed value does not open"), "{err}");
+    }
+
+    #[test]
+    fn read_password_from_each_source() {
+        let s = secrets(5);
+        let context = "postgres.users.app.server_password".to_owned();
+        assert!(s.read_password(&PasswordSource::None).unwrap().is_none());
+        let sealed = s.seal(b"pa55word", &context).unwrap();
+        let source = PasswordSource::Sealed {
+            value: sealed.clone(),
+            context: context.clone(),
+        };
+        assert_eq!(
+            s.read_password(&source).unwrap().unwrap().as_str(),
+            "pa55word"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "hunter2\n").unwrap();
+        let source = PasswordSource::File {
+            path: plain,
+            context: context.clone(),
+        };
+        assert_eq!(
+            s.read_password(&source).unwrap().unwrap().as_str(),
+            "hunter2"
+        );
+        let in_file = dir.path().join("sealed");
+        std::fs::write(&in_file, format!("{sealed}\n")).unwrap();
+        let source = PasswordSource::File {
+            path: in_file.clone(),
+            context: "another.context".to_owned(),
+        };
+        let err = s.read_password(&source).unwrap_err().to_string();
+        assert!(err.starts_with(&in_file.display().to_string()), "{err}");
+        assert!(!err.contains("pa55word"), "{err}");
+
+        let source = PasswordSource::Env {
+            var: "SENTINEL_TEST_SURELY_UNSET_VARIABLE".to_owned(),
+            context,
+        };
+        let err = s.read_password(&source).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "environment variable SENTINEL_TEST_SURELY_UNSET_VARIABLE is not set"
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ pub struct Tenancy {
     hint: String,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     pub bypassed: AtomicU64,
+    last_stats: Mutex<Option<Stats>>,
 }
+
+/// Cache hits, misses, bypassed statements and refusals, as last logged.
+type Stats = (u64, u64, u64, BTreeMap<&'static str, u64>);
 
 impl Tenancy {
     pub fn new(config: &TenancyConfig) -> anyhow::Result<Tenancy> {
@@ -68,6 +72,7 @@ impl Tenancy {
             timeouts,
             refusals: Mutex::new(BTreeMap::new()),
             bypassed: AtomicU64::new(0),
+            last_stats: Mutex::new(None),
         })
     }
 
@@ -151,6 +156,29 @@ impl Tenancy {
     /// reason label.
     pub fn refusal_counts(&self) -> BTreeMap<&'static str, u64> {
         self.refusals.lock().clone()
+    }
+
+    /// Logs the verdict cache's hit rate and the refusals by reason, when they changed since the
+    /// last time (until the admin port serves them as metrics).
+    pub fn log_stats(&self) {
+        let cache = self.verdicts.stats();
+        let refusals = self.refusal_counts();
+        let bypassed = self.bypassed.load(Ordering::Relaxed);
+        let snapshot = (cache.hits, cache.misses, bypassed, refusals.clone());
+        let mut last = self.last_stats.lock();
+        if last.as_ref() == Some(&snapshot) {
+            return;
+        }
+        *last = Some(snapshot);
+        tracing::info!(
+            verdict_cache_hits = cache.hits,
+            verdict_cache_misses = cache.misses,
+            verdict_cache_entries = cache.entries,
+            verdict_cache_hit_rate = format_args!("{:.3}", cache.hit_rate()),
+            bypassed,
+            refusals = ?refusals,
+            "tenancy stats"
+        );
     }
 
     /// Logs a statement of a bypass user with its fingerprint.

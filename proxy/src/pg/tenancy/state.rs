@@ -180,7 +180,10 @@ impl TenantState {
     ) -> Result<Option<BytesMut>, Refused> {
         let checked = self.tenancy.check(sql).map_err(|r| (r, 0))?;
         if let VerdictKind::TenantCommand(command) = &checked.verdict.kind {
+            // The count (2 bytes) comes first, then one oid per parameter.
             let types = param_types
+                .get(2..)
+                .unwrap_or_default()
                 .chunks_exact(4)
                 .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
@@ -365,8 +368,11 @@ impl TenantState {
         self.checked.clear();
     }
 
-    /// RESET ALL / DISCARD ALL answered for the client: the session tenant goes too.
+    /// RESET ALL / DISCARD ALL answered for the client: the session tenant goes too (a bound
+    /// one stays: the connection was made for it).
     pub fn reset_all(&mut self) {
-        let _ = self.context.reset(false, self.block_open);
+        if self.context.bound().is_none() {
+            let _ = self.context.reset(false, self.block_open);
+        }
     }
 }
