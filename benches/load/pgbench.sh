@@ -246,12 +246,16 @@ tls = "disable"
 [[postgres.users]]
 name = "bench"
 auth = "trust"
+
+[tenancy]
+enabled = false
 EOF
 # The enforcing one: the same, on another port, with tenancy on (pgbench's tables are tenant
 # tables to it: every select needs its tag).
 tenancy_port="$(free_port)"
-sed -e "s/127.0.0.1:$sentinel_port/127.0.0.1:$tenancy_port/" "$tmp/sentinel.toml" >"$tmp/sentinel-tenancy.toml"
-printf '\n[tenancy]\nenabled = true\nsources = ["comment"]\n' >>"$tmp/sentinel-tenancy.toml"
+sed -e "s/127.0.0.1:$sentinel_port/127.0.0.1:$tenancy_port/" \
+    -e 's/^enabled = false$/enabled = true\nsources = ["comment"]/' \
+    "$tmp/sentinel.toml" >"$tmp/sentinel-tenancy.toml"
 start_sentinel() { # config log; the pid is in $! afterwards
     if [[ -n "$master_key" ]]; then
         SENTINEL_MASTER_KEY="$master_key" "$sentinel_bin" run --config "$1" >"$2" 2>&1 &

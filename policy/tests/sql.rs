@@ -15,6 +15,9 @@ fn rules() -> Rules {
         tenant_setting: "app.tenant_id".to_owned(),
         global_tables: vec!["countries".to_owned(), "ref.currencies".to_owned()],
         allow_do: false,
+        // The table checks what function definitions contain; refusing them all is checked
+        // on its own below.
+        allow_functions: true,
     }
 }
 
@@ -685,10 +688,15 @@ fn every_forbidden_reason_is_covered_by_the_table() {
         "TRUNCATE t",
         "SELECT query_to_xml('x', true, true, '')",
         "EXECUTE sentinel_tenant('x')",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
     ];
+    let strict = Rules {
+        allow_functions: false,
+        ..rules()
+    };
     let found: Vec<_> = probes
         .iter()
-        .map(|sql| match kind(sql) {
+        .map(|sql| match classify(sql, &strict).kind {
             VerdictKind::Forbidden(reason) => reason,
             other => panic!("{sql}: {other:?}"),
         })
@@ -1022,4 +1030,70 @@ proptest! {
         let v = classify(&sql, &rules());
         prop_assert!(v.relations.windows(2).all(|w| w[0] < w[1]));
     }
+}
+
+#[test]
+fn function_definitions_are_refused_unless_allowed() {
+    let strict = Rules {
+        allow_functions: false,
+        ..rules()
+    };
+    let body_sets_tenant = "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS \
+                            $$ SELECT set_config('app.tenant_id', 'other', false) $$";
+    for sql in [
+        body_sets_tenant,
+        "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN NULL; END $$",
+        "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'select 1'",
+    ] {
+        assert_eq!(
+            classify(sql, &strict).kind,
+            VerdictKind::Forbidden(Forbidden::FunctionDefinition),
+            "{sql}"
+        );
+    }
+    // A SET clause of the tenant setting keeps its own, more specific reason.
+    assert_eq!(
+        classify(
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.tenant_id = 'x' AS 'select 1'",
+            &strict
+        )
+        .kind,
+        VerdictKind::Forbidden(Forbidden::FunctionSetsTenant)
+    );
+    // Allowed, the definition itself touches no tenant rows.
+    assert_eq!(kind(body_sets_tenant), VerdictKind::Free);
+    // Calling an existing function is not a definition.
+    assert_eq!(
+        classify("SELECT f()", &strict).kind,
+        VerdictKind::NeedsTenant
+    );
+}
+
+#[test]
+fn cache_shares_plain_dml_across_constants_but_not_set_config() {
+    let cache = VerdictCache::new(100, Arc::new(rules()));
+    let a = cache.verdict("SELECT * FROM orders WHERE id = 1 AND note = 'a'");
+    let b = cache.verdict("/*tenant='t2'*/ SELECT * FROM orders WHERE id = 2 AND note = 'b''c'");
+    assert!(Arc::ptr_eq(&a, &b), "one verdict for both");
+    assert_eq!(a.kind, VerdictKind::NeedsTenant);
+    assert!(!a.constants_matter);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+    // Quoted identifiers are names, not constants.
+    let c = cache.verdict("SELECT * FROM \"countries\" WHERE id = 3");
+    assert_eq!(c.kind, VerdictKind::Free);
+
+    // set_config reads its constants: which setting decides the verdict.
+    let harmless = cache.verdict("SELECT set_config('work_mem', '1MB', true), 1");
+    let role = cache.verdict("SELECT set_config('role', 'admin', true), 1");
+    assert!(harmless.constants_matter);
+    assert_ne!(harmless.kind, role.kind);
+    assert_eq!(role.kind, VerdictKind::Forbidden(Forbidden::SetRole));
+    // So do utility statements and tenant commands.
+    let set_a = cache.verdict("SET app.tenant_id = 'a'");
+    let set_b = cache.verdict("SET app.tenant_id = 'b'");
+    assert_ne!(set_a.kind, set_b.kind);
+    let strict = cache.verdict("VACUUM (PARALLEL 0) orders");
+    assert!(strict.constants_matter);
 }

@@ -476,7 +476,7 @@ impl SentinelConfig {
     /// spelled out at the product default so a test sees what it runs with:
     /// `enforce = true`, `setting = "app.tenant_id"`, the default `id_pattern`, all four
     /// sources, `scope = "transaction"`, `comment_key = "tenant"`, no global tables, no bypass
-    /// users, `allow_do = false`, loopback `startup_networks`, `verdict_cache_size = 10000`,
+    /// users, `allow_do = false`, `allow_functions = false`, loopback `startup_networks`, `verdict_cache_size = 10000`,
     /// `audit_on_start = "off"`. The setters below change one key each.
     pub fn tenancy(self) -> Self {
         self.option("tenancy", "enabled", "true")
@@ -489,6 +489,7 @@ impl SentinelConfig {
             .tenancy_global_tables(&[])
             .tenancy_bypass_users(&[])
             .tenancy_allow_do(false)
+            .tenancy_allow_functions(false)
             .tenancy_startup_networks(&["127.0.0.1/32", "::1/128"])
             .tenancy_verdict_cache_size(10_000)
             .tenancy_audit_on_start("off")
@@ -550,6 +551,11 @@ impl SentinelConfig {
     /// `[tenancy] allow_do`.
     pub fn tenancy_allow_do(self, on: bool) -> Self {
         self.option("tenancy", "allow_do", bool_str(on))
+    }
+
+    /// `[tenancy] allow_functions`.
+    pub fn tenancy_allow_functions(self, on: bool) -> Self {
+        self.option("tenancy", "allow_functions", bool_str(on))
     }
 
     /// `[tenancy] startup_networks` (CIDRs).

@@ -784,6 +784,26 @@ fn cases(app: &str, db: &str, peer: &str, owner: &str, tmp_file: &str) -> Vec<Ca
             Any,
         ),
         case(
+            "CREATE FUNCTION whose body sets the tenant, to call later",
+            Plain,
+            simple(
+                "CREATE FUNCTION switch_tenant() RETURNS text LANGUAGE sql AS \
+                 $$ SELECT set_config('app.tenant_id', 'globex', false) $$",
+            ),
+            "42501",
+            Any,
+        ),
+        case(
+            "CREATE OR REPLACE of an existing function, with a tenant",
+            Plain,
+            simple(
+                "/*tenant='acme'*/ CREATE OR REPLACE FUNCTION app_fn() RETURNS int LANGUAGE sql \
+                 AS $$ SELECT count(*)::int FROM items $$",
+            ),
+            "42501",
+            Any,
+        ),
+        case(
             "DO block inside a tenant's transaction",
             Plain,
             simple("DO $$ BEGIN INSERT INTO marker VALUES ('from DO'); END $$"),

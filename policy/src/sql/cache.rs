@@ -13,7 +13,11 @@ use moka::sync::Cache;
 
 use super::classify::classify;
 use super::verdict::{Rules, Verdict};
-use crate::tenant::strip_comments;
+use crate::tenant::{mask_constants, strip_comments};
+
+/// Starts the key of a verdict stored for a constant-masked text. No query text holds a NUL (the
+/// protocol ends texts with one), so these keys never meet an exact text's.
+const MASKED: char = '\0';
 
 /// Comment-free texts longer than this (64 KiB) are not cached.
 pub const MAX_CACHED_LEN: usize = 64 * 1024;
@@ -84,8 +88,10 @@ impl VerdictCache {
 
     /// The verdict for `sql`, from the cache or classified now.
     ///
-    /// A hit on a text without comments allocates nothing; one with comments allocates the
-    /// comment-free copy (made by `strip_comments`) and nothing else.
+    /// Verdicts that may depend on constants (utility statements, `set_config`, tenant commands)
+    /// are keyed by the comment-free text: a hit allocates nothing more than that copy. Plain
+    /// DML is keyed by its text with the constants masked too ([`mask_constants`]), so the same
+    /// statement with other literal values is a hit, at the cost of building the masked key.
     pub fn verdict(&self, sql: &str) -> Arc<Verdict> {
         let stripped = strip_comments(sql);
         let key = cache_key(&stripped);
@@ -98,9 +104,24 @@ impl VerdictCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return verdict;
         }
+        // Texts that differ only in their constants (literals inlined by a client library)
+        // share the verdict of plain DML, which does not depend on them.
+        let masked = mask_constants(key).map(|m| format!("{MASKED}{m}"));
+        if let Some(masked) = &masked
+            && let Some(verdict) = self.cache.get(masked.as_str())
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return verdict;
+        }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let verdict = Arc::new(classify(key, &self.rules));
-        self.cache.insert(Arc::from(key), Arc::clone(&verdict));
+        if !verdict.constants_matter
+            && let Some(masked) = masked
+        {
+            self.cache.insert(Arc::from(masked), Arc::clone(&verdict));
+        } else {
+            self.cache.insert(Arc::from(key), Arc::clone(&verdict));
+        }
         verdict
     }
 

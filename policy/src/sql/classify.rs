@@ -38,6 +38,7 @@ pub fn classify(sql: &str, rules: &Rules) -> Verdict {
         };
 
         if let Some(command) = tenant_command::recognize(stmt, rules) {
+            acc.constants_matter = true;
             if multi {
                 acc.forbid(Forbidden::TenantSettingInMultiStatement);
             }
@@ -50,6 +51,13 @@ pub fn classify(sql: &str, rules: &Rules) -> Verdict {
 
         let top = statement::facts(stmt);
         let facts = walk(stmt, rules);
+        // Utility statements read constants (option values, setting values); so do set_config
+        // calls (which setting, which value, local or not).
+        let plain_dml = matches!(
+            stmt.name,
+            "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
+        );
+        acc.constants_matter |= !plain_dml || facts.calls_set_config;
         if facts.needs_tenant {
             acc.needs_tenant = true;
             if acc.tx.ends {
@@ -87,6 +95,7 @@ pub fn classify(sql: &str, rules: &Rules) -> Verdict {
         no_transaction_block: acc.no_transaction_block,
         session_state: acc.session_state,
         tx: acc.tx,
+        constants_matter: acc.constants_matter,
     }
 }
 
@@ -100,6 +109,7 @@ struct Accumulator {
     no_transaction_block: bool,
     session_state: bool,
     tx: TxEffects,
+    constants_matter: bool,
 }
 
 impl Accumulator {
@@ -120,6 +130,7 @@ fn unparsable(message: String) -> Verdict {
         no_transaction_block: false,
         session_state: false,
         tx: TxEffects::default(),
+        constants_matter: true,
     }
 }
 

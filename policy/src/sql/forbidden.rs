@@ -48,11 +48,13 @@ pub enum Forbidden {
     /// SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE` of a statement named `sentinel_…`: those
     /// names are Sentinel's own on the server (the statement that sets the tenant among them).
     ReservedName,
+    /// `CREATE [OR REPLACE] FUNCTION|PROCEDURE`, unless the rules allow them.
+    FunctionDefinition,
 }
 
 impl Forbidden {
     /// Every variant, for exhaustive tests and metric registration.
-    pub const ALL: [Forbidden; 16] = [
+    pub const ALL: [Forbidden; 17] = [
         Forbidden::SetRole,
         Forbidden::SessionAuthorization,
         Forbidden::TenantSettingWrite,
@@ -69,6 +71,7 @@ impl Forbidden {
         Forbidden::Truncate,
         Forbidden::DynamicSql,
         Forbidden::ReservedName,
+        Forbidden::FunctionDefinition,
     ];
 
     /// The SQLSTATE to answer with: `42501` (insufficient privilege) for all of them.
@@ -127,6 +130,9 @@ impl Forbidden {
             Forbidden::ReservedName => {
                 "prepared statement names starting with sentinel_ are reserved for Sentinel's own statements"
             }
+            Forbidden::FunctionDefinition => {
+                "CREATE FUNCTION and CREATE PROCEDURE are not allowed through Sentinel: a function body cannot be checked for tenant context changes (create functions as a bypass user, or set tenancy.allow_functions)"
+            }
         }
     }
 
@@ -149,6 +155,7 @@ impl Forbidden {
             Forbidden::Truncate => "truncate",
             Forbidden::DynamicSql => "dynamic_sql",
             Forbidden::ReservedName => "reserved_name",
+            Forbidden::FunctionDefinition => "function_definition",
         }
     }
 }

@@ -19,6 +19,11 @@ pub struct Rules {
     /// Whether `DO` blocks may run (default: no, they are refused). A `DO` body is PL/pgSQL the
     /// proxy cannot see into.
     pub allow_do: bool,
+    /// Whether `CREATE [OR REPLACE] FUNCTION|PROCEDURE` may run (default: no). A function's body
+    /// is SQL the proxy cannot see into, and once it exists any statement may call it: a body
+    /// that sets the tenant setting, run by a statement that needs the tenant, would switch
+    /// tenants inside the transaction. Migrations create functions as bypass users.
+    pub allow_functions: bool,
 }
 
 impl Default for Rules {
@@ -27,6 +32,7 @@ impl Default for Rules {
             tenant_setting: "app.tenant_id".to_owned(),
             global_tables: Vec::new(),
             allow_do: false,
+            allow_functions: false,
         }
     }
 }
@@ -74,6 +80,11 @@ pub struct Verdict {
     pub session_state: bool,
     /// Transaction control in the text.
     pub tx: TxEffects,
+    /// Whether the verdict may depend on the values of the text's constants. False only for
+    /// plain DML (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`) without a `set_config` call:
+    /// their verdict is the same for any values, so texts that differ only in constants may
+    /// share it (see [`VerdictCache`](super::VerdictCache)).
+    pub constants_matter: bool,
 }
 
 impl Verdict {

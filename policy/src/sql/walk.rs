@@ -32,6 +32,8 @@ pub(super) struct Facts {
     /// The first refusal found.
     pub(super) forbidden: Option<Forbidden>,
     pub(super) session_state: bool,
+    /// A `set_config` call (of any schema): its verdict depends on its constant arguments.
+    pub(super) calls_set_config: bool,
 }
 
 /// Walks the statement whose top node is `root`.
@@ -58,6 +60,10 @@ pub(super) fn walk(root: &Struct, rules: &Rules) -> Facts {
             }
             _ => {}
         }
+    }
+    // Last, so a more specific reason (a SET clause of the tenant setting) is the one given.
+    if root.name == "CreateFunctionStmt" && !rules.allow_functions {
+        walker.forbid(Forbidden::FunctionDefinition);
     }
     walker.facts
 }
@@ -91,6 +97,9 @@ impl<'t> Walker<'t, '_> {
                 }
             }
             "FuncCall" => {
+                if literal::name_parts(node.seq("funcname")).last() == Some(&"set_config") {
+                    self.facts.calls_set_config = true;
+                }
                 let effects = calls::inspect(node, self.rules);
                 self.facts.needs_tenant |= effects.needs_tenant;
                 self.facts.session_state |= effects.session_state;

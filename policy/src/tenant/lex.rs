@@ -156,6 +156,56 @@ impl<'q> Comments<'q> {
     }
 }
 
+/// `query` with each constant (string literal of any form, dollar-quoted string, number)
+/// replaced by `?` and each comment by a space; words, quoted identifiers, parameters (`$1`),
+/// operators and whitespace kept as they are. Two texts with the same masked form differ only in
+/// the values of their constants (and their comments). `None` if the text does not lex.
+pub fn mask_constants(query: &str) -> Option<String> {
+    let bytes = query.as_bytes();
+    let mut out = String::with_capacity(query.len());
+    let mut pos = 0;
+    while let Some(&b) = bytes.get(pos) {
+        let next = bytes.get(pos + 1).copied();
+        let (end, masked) = match (b, next) {
+            (b'-', Some(b'-')) => (
+                skip_while(bytes, pos, |c| c != b'\n' && c != b'\r'),
+                Some(" "),
+            ),
+            (b'/', Some(b'*')) => (skip_block_comment(bytes, pos).ok()?, Some(" ")),
+            (b'\'', _) => (skip_quoted(bytes, pos, b'\'', false).ok()?, Some("?")),
+            (b'E' | b'e', Some(b'\'')) => {
+                (skip_quoted(bytes, pos + 1, b'\'', true).ok()?, Some("?"))
+            }
+            (b'"', _) => (skip_quoted(bytes, pos, b'"', false).ok()?, None),
+            (b'$', Some(d)) if d.is_ascii_digit() => {
+                (skip_while(bytes, pos + 1, |c| c.is_ascii_digit()), None)
+            }
+            (b'$', _) => {
+                let end = skip_dollar(query, pos).ok()?;
+                (end, (end > pos + 1).then_some("?"))
+            }
+            (c, _) if is_ident_start(c) => (skip_while(bytes, pos + 1, is_ident_cont), None),
+            (c, _) if c.is_ascii_digit() => (
+                skip_while(bytes, pos + 1, |c| {
+                    c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
+                }),
+                Some("?"),
+            ),
+            // One character, whole (it may be more than one byte).
+            _ => (
+                pos + query.get(pos..)?.chars().next().map_or(1, char::len_utf8),
+                None,
+            ),
+        };
+        match masked {
+            Some(m) => out.push_str(m),
+            None => out.push_str(query.get(pos..end)?),
+        }
+        pos = end;
+    }
+    Some(out)
+}
+
 /// `[A-Za-z_\x80-\xff]`: starts a word (keyword or identifier).
 fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
@@ -391,6 +441,27 @@ mod tests {
         let all = block_comments("/*a*/ -- b\n select /*c*/").unwrap();
         assert_eq!(all.len(), 2);
         assert!(block_comments("select 'x").is_err());
+    }
+
+    #[test]
+    fn constants_are_masked() {
+        let m = |q| mask_constants(q).unwrap();
+        assert_eq!(
+            m("SELECT * FROM t1 WHERE a = 10 AND b = 'x''y' AND c = E'\\'' AND d = $1"),
+            "SELECT * FROM t1 WHERE a = ? AND b = ? AND c = ? AND d = $1"
+        );
+        assert_eq!(
+            m("SELECT 1.5e3, $$a$$, $q$b$q$ /* c */ -- d"),
+            "SELECT ?, ?, ?    "
+        );
+        assert_eq!(
+            m(r#"SELECT "it's 1" FROM "t2""#),
+            r#"SELECT "it's 1" FROM "t2""#
+        );
+        assert_eq!(m("SELECT a$1, x1 FROM été"), "SELECT a$1, x1 FROM été");
+        assert_eq!(m("SELECT 1"), m("SELECT 99999"));
+        assert_ne!(m("SELECT a FROM t"), m("SELECT b FROM t"));
+        assert_eq!(mask_constants("SELECT 'open"), None);
     }
 
     #[test]

@@ -42,5 +42,5 @@ pub use comment::{
 pub use context::{ContextError, SetOutcome, SetScope, TenantContext};
 pub use error::{TenantError, Unterminated};
 pub use id::{DEFAULT_TENANT_ID_PATTERN, MAX_TENANT_ID_LEN, TenantId, TenantIdPattern};
-pub use lex::{Comment, CommentKind, Comments, block_comments, comments};
+pub use lex::{Comment, CommentKind, Comments, block_comments, comments, mask_constants};
 pub use strip::strip_comments;

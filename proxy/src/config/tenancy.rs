@@ -72,6 +72,9 @@ pub struct TenancyConfig {
     pub bypass_users: Vec<String>,
     /// `DO` blocks (dynamic SQL Sentinel cannot check) are refused unless this is on.
     pub allow_do: bool,
+    /// `CREATE FUNCTION` / `CREATE PROCEDURE` (bodies Sentinel cannot check, callable by any
+    /// later statement) are refused unless this is on; migrations run as bypass users.
+    pub allow_functions: bool,
     /// Client addresses whose `sentinel.tenant` startup parameter is trusted.
     pub startup_networks: Vec<IpNet>,
     /// Statement texts whose verdicts are kept (the texts without their comments).
@@ -95,6 +98,7 @@ impl Default for TenancyConfig {
             global_tables: Vec::new(),
             bypass_users: Vec::new(),
             allow_do: false,
+            allow_functions: false,
             startup_networks: vec![
                 "127.0.0.1/32".parse().expect("valid network"),
                 "::1/128".parse().expect("valid network"),

@@ -56,6 +56,7 @@ impl Tenancy {
             tenant_setting: config.setting.clone(),
             global_tables: config.global_tables.clone(),
             allow_do: config.allow_do,
+            allow_functions: config.allow_functions,
         };
         let verdicts = VerdictCache::new(config.verdict_cache_size, Arc::new(rules));
         let timeouts = config
