@@ -88,10 +88,9 @@ impl VerdictCache {
 
     /// The verdict for `sql`, from the cache or classified now.
     ///
-    /// Verdicts that may depend on constants (utility statements, `set_config`, tenant commands)
-    /// are keyed by the comment-free text: a hit allocates nothing more than that copy. Plain
-    /// DML is keyed by its text with the constants masked too ([`mask_constants`]), so the same
-    /// statement with other literal values is a hit, at the cost of building the masked key.
+    /// Keyed by the comment-free text: a hit allocates nothing more than that copy. Plain DML is
+    /// also keyed by its text with the constants masked ([`mask_constants`]), so the same
+    /// statement with other literal values is a hit too, at the cost of building that key.
     pub fn verdict(&self, sql: &str) -> Arc<Verdict> {
         let stripped = strip_comments(sql);
         let key = cache_key(&stripped);
@@ -115,12 +114,14 @@ impl VerdictCache {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let verdict = Arc::new(classify(key, &self.rules));
+        // Under the exact text too, so a text sent again (bind parameters, prepared
+        // statements) is found by the first lookup; texts that only share the masked form do
+        // not add entries of their own.
+        self.cache.insert(Arc::from(key), Arc::clone(&verdict));
         if !verdict.constants_matter
             && let Some(masked) = masked
         {
             self.cache.insert(Arc::from(masked), Arc::clone(&verdict));
-        } else {
-            self.cache.insert(Arc::from(key), Arc::clone(&verdict));
         }
         verdict
     }
@@ -168,7 +169,8 @@ mod tests {
         cache.verdict("SELECT 1 /*tenant='b'*/");
         cache.verdict("SELECT 1");
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 1));
+        // One text, kept under its key and under its constant-masked key (plain DML).
+        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 2));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use sentinel_policy::tenant::TenantId;
 use sentinel_wire::{
     BackendMessage, Frame, FrontendMessage, TargetKind, TransactionStatus, encode, tag,
 };
@@ -31,10 +32,12 @@ use super::server::ServerConn;
 use super::statements::{
     ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command, reset_commands,
 };
-use super::tenancy::state::{QueryPlan, Refused, TenantState};
-use super::tenancy::{Refusal, inject};
+use super::tenancy::state::TenantState;
 use crate::config::PoolMode;
-use sentinel_policy::tenant::TenantId;
+
+mod tenancy;
+
+use tenancy::shift_position;
 
 /// What a message sent to the server will be answered with; popped when its last reply arrives.
 #[derive(Debug)]
@@ -465,164 +468,6 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Tenancy's say on a client message: true when Sentinel answered or refused it here.
-    fn tenancy_gate(&mut self, msg: &FrontendMessage<'_>) -> bool {
-        enum Action {
-            Pass,
-            Reply(BytesMut),
-            ReplyReady(BytesMut),
-            RefuseQuery(Refused),
-            RefuseExtended(Refused),
-            AlreadyExists(String),
-        }
-        let Some(tenant) = self.tenant.as_mut() else {
-            return false;
-        };
-        let action = match msg {
-            FrontendMessage::Query { sql } => match tenant.on_query(sql, self.tx) {
-                Ok(QueryPlan::Forward {
-                    prefix,
-                    session_state,
-                }) => {
-                    self.next_prefix = prefix;
-                    self.dirty.session |= session_state;
-                    Action::Pass
-                }
-                Ok(QueryPlan::Answer(out)) => Action::ReplyReady(out),
-                Err(refused) => Action::RefuseQuery(refused),
-            },
-            FrontendMessage::FunctionCall => Action::RefuseQuery((Refusal::FunctionCall, 0)),
-            FrontendMessage::Parse {
-                name,
-                sql,
-                param_types,
-            } => {
-                if !name.is_empty() && tenant.is_local_statement(name) {
-                    Action::AlreadyExists((*name).to_owned())
-                } else if !name.is_empty() && self.statements.get(name).is_some() {
-                    Action::Pass // refused as Postgres would when forwarded
-                } else {
-                    match tenant.on_parse(name, sql, param_types) {
-                        Ok(Some(out)) => Action::Reply(out),
-                        Ok(None) => Action::Pass,
-                        Err(refused) => Action::RefuseExtended(refused),
-                    }
-                }
-            }
-            FrontendMessage::Bind {
-                portal,
-                statement,
-                rest,
-            } => match tenant.local_bind(portal, statement, rest) {
-                Some(Ok(out)) => Action::Reply(out),
-                Some(Err(refusal)) => Action::RefuseExtended((refusal, 0)),
-                None => match tenant.on_bind(statement, self.tx) {
-                    Ok(plan) => {
-                        self.next_inject = plan.inject;
-                        self.dirty.session |= plan.session_state;
-                        Action::Pass
-                    }
-                    Err(refused) => Action::RefuseExtended(refused),
-                },
-            },
-            FrontendMessage::Describe { kind, name } => match tenant.local_describe(*kind, name) {
-                Some(out) => Action::Reply(out),
-                None => Action::Pass,
-            },
-            FrontendMessage::Execute { portal, .. } => match tenant.local_execute(portal) {
-                Some(Ok(out)) => Action::Reply(out),
-                Some(Err(refused)) => Action::RefuseExtended(refused),
-                None => Action::Pass,
-            },
-            FrontendMessage::Close { kind, name } => match tenant.local_close(*kind, name) {
-                Some(out) => Action::Reply(out),
-                None => Action::Pass,
-            },
-            FrontendMessage::Sync => {
-                tenant.on_sync();
-                Action::Pass
-            }
-            _ => Action::Pass,
-        };
-        let action = match action {
-            Action::RefuseQuery((refusal, fingerprint))
-            | Action::RefuseExtended((refusal, fingerprint))
-                if !self.shared.tenancy.config.enforce =>
-            {
-                // Report-only: counted and logged as a refusal, then run as sent.
-                self.shared
-                    .tenancy
-                    .reported(&refusal, fingerprint, &self.user);
-                self.next_prefix = None;
-                self.next_inject = None;
-                Action::Pass
-            }
-            other => other,
-        };
-        match action {
-            Action::Pass => return false,
-            Action::Reply(out) => self.respond(out.freeze()),
-            Action::ReplyReady(out) => {
-                self.respond(out.freeze());
-                self.respond_ready();
-            }
-            Action::RefuseQuery(refused) => self.refuse_query(refused),
-            Action::RefuseExtended((refusal, fingerprint)) => {
-                self.shared
-                    .tenancy
-                    .refused(&refusal, fingerprint, &self.user);
-                let reply = self.refusal_reply(&refusal);
-                self.refuse_with(reply);
-            }
-            Action::AlreadyExists(name) => {
-                self.refuse(
-                    "42P05",
-                    &format!("prepared statement \"{name}\" already exists"),
-                );
-            }
-        }
-        true
-    }
-
-    /// Refuses a simple Query (or function call) for tenancy: the error, then ReadyForQuery.
-    /// Inside a transaction block the server's transaction is made to fail as well, as it would
-    /// after an error of Postgres's own, so a later COMMIT cannot keep half of the work.
-    fn refuse_query(&mut self, (refusal, fingerprint): Refused) {
-        self.shared
-            .tenancy
-            .refused(&refusal, fingerprint, &self.user);
-        self.next_prefix = None;
-        let in_block = self.tx != TransactionStatus::Idle
-            || self.tenant.as_ref().is_some_and(TenantState::block_open);
-        if self.held.is_some() && in_block {
-            let mut abort = BytesMut::new();
-            encode::query(&mut abort, "sentinel: statement refused");
-            self.send(
-                &abort,
-                Some(Pending::Query {
-                    swallow: true,
-                    prefix: None,
-                }),
-            );
-        }
-        let reply = self.refusal_reply(&refusal);
-        self.respond(reply);
-        self.respond_ready();
-    }
-
-    fn refusal_reply(&self, refusal: &Refusal) -> Bytes {
-        let mut out = BytesMut::new();
-        let hint = matches!(refusal, Refusal::NoContext).then(|| self.shared.tenancy.hint());
-        encode::error_response(
-            &mut out,
-            "ERROR",
-            refusal.sqlstate(),
-            &refusal.message(),
-            hint,
-        );
-        out.freeze()
-    }
-
     /// Answers DEALLOCATE, DISCARD ALL and RESET for the client's own virtual session. Returns
     /// false when the server must see the command after all.
     fn answer_locally(&mut self, cmd: LocalCommand) -> bool {
@@ -880,10 +725,11 @@ impl Session {
                 rest,
             } => {
                 self.batch_open = true;
+                let inject = self.next_inject.take();
                 let Some((name, stmt)) = self.server_statement(statement) else {
                     return;
                 };
-                if let Some((tenant, timeout)) = self.next_inject.take() {
+                if let Some((tenant, timeout)) = inject {
                     self.inject_tenant(&tenant, timeout.as_deref());
                 }
                 let mut out = BytesMut::new();
@@ -1285,71 +1131,6 @@ impl Session {
         Ok(())
     }
 
-    /// Swallows the replies of the tenant prefix of a simple Query. True when `frame` was one.
-    fn prefix_reply(&mut self, frame: &Frame) -> bool {
-        use tag::backend as b;
-        let Some(Pending::Query {
-            prefix: Some(prefix),
-            ..
-        }) = self.pending.front_mut()
-        else {
-            return false;
-        };
-        if !prefix.replying {
-            return false;
-        }
-        match frame.tag {
-            b::ROW_DESCRIPTION | b::DATA_ROW => true,
-            b::COMMAND_COMPLETE => {
-                prefix.replying = false;
-                true
-            }
-            b::ERROR_RESPONSE => {
-                // The prefix itself failed (the client's statements will not run): its error is
-                // the client's answer, with its position left as it is.
-                prefix.replying = false;
-                prefix.chars = 0;
-                false
-            }
-            _ => false,
-        }
-    }
-
-    /// Sends the statement that sets the tenant for the transaction, ahead of the client's Bind.
-    fn inject_tenant(&mut self, tenant: &TenantId, timeout: Option<&str>) {
-        let name = inject::statement_name(timeout.is_some());
-        if !self.server().prepared.contains(name) {
-            let mut parse = BytesMut::new();
-            let setting = self.shared.tenancy.config.setting.clone();
-            inject::statement(&mut parse, &setting, timeout.is_some());
-            let name: Arc<str> = name.into();
-            self.server().prepared.insert(name.clone());
-            self.send(
-                &parse,
-                Some(Pending::Parse {
-                    swallow: true,
-                    name: Some(name),
-                    client: None,
-                }),
-            );
-        }
-        let mut out = BytesMut::new();
-        inject::bind(&mut out, tenant, timeout);
-        self.send(
-            &out,
-            Some(Pending::Bind {
-                statement: None,
-                swallow: true,
-            }),
-        );
-        out.clear();
-        inject::execute(&mut out);
-        self.send(&out, Some(Pending::Execute { swallow: true }));
-        out.clear();
-        inject::close(&mut out);
-        self.send(&out, Some(Pending::Close { swallow: true }));
-    }
-
     /// Learns from command tags what the statement left behind on the server connection.
     fn note_command(&mut self, tag: &str) {
         match tag {
@@ -1677,21 +1458,4 @@ async fn housekeeping(server: &mut ServerConn, sql: &str) -> PgResult<Option<PgE
     tokio::time::timeout(HOUSEKEEPING_TIMEOUT, run)
         .await
         .map_err(|_| PgError::UpstreamLost)?
-}
-
-/// Re-encodes an ErrorResponse with its position (`P`) moved back by `shift` characters.
-fn shift_position(out: &mut BytesMut, fields: &sentinel_wire::ErrorFields<'_>, shift: u32) {
-    let moved: Vec<(u8, String)> = fields
-        .fields
-        .iter()
-        .map(|(code, value)| {
-            let value = match (*code, value.parse::<u32>()) {
-                (b'P', Ok(p)) if p > shift => (p - shift).to_string(),
-                _ => (*value).to_owned(),
-            };
-            (*code, value)
-        })
-        .collect();
-    let borrowed: Vec<(u8, &str)> = moved.iter().map(|(c, v)| (*c, v.as_str())).collect();
-    encode::error_fields(out, tag::backend::ERROR_RESPONSE, &borrowed);
 }
