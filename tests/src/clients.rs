@@ -8,7 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::names::conninfo_quote;
 use crate::pg::{PgCluster, pg_bin_dir};
@@ -95,6 +95,34 @@ pub async fn connect_direct(
                 pg.port()
             )
         })
+}
+
+/// The SQLSTATE of a driver error, or a description of why there is none.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("<no SQLSTATE: {e}>"))
+}
+
+/// The server's message of a driver error (or the error itself).
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Rows of a simple-query reply, as text.
+pub fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs `psql -X -A -t -v ON_ERROR_STOP=1 -c <sql>` against 127.0.0.1:`port` and returns its

@@ -3,7 +3,7 @@
 //! The suites treat Sentinel as a black box: they start a real, throwaway Postgres cluster
 //! ([`pg::PgCluster`]), run the `sentinel` binary as a child process ([`sentinel::SentinelProcess`])
 //! with a config rendered by [`config::SentinelConfig`], and talk to both with real clients
-//! ([`clients`]). Isolation is checked through a direct "oracle" connection that bypasses Sentinel.
+//! ([`clients`]) or at the protocol level ([`raw`]). Isolation is checked through a direct "oracle" connection that bypasses Sentinel.
 //!
 //! Nothing here needs root, but when the tests run as root (as CI does) Postgres is run as the
 //! `postgres` OS user, because `initdb` and `postgres` refuse to run as root.
@@ -12,6 +12,7 @@ pub mod clients;
 pub mod config;
 pub mod names;
 pub mod pg;
+pub mod raw;
 pub mod reaper;
 pub mod sentinel;
 pub mod tenancy;

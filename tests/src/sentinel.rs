@@ -315,6 +315,17 @@ impl SentinelProcess {
             .unwrap_or_default()
     }
 
+    /// Prints the last `lines` lines of the logs to stderr, headed by `name`. For a test's
+    /// fixture to call when it drops: the test harness shows stderr only when the test fails.
+    pub fn print_log_tail(&self, name: &str, lines: usize) {
+        let logs = self.logs();
+        let tail: Vec<&str> = logs.lines().rev().take(lines).collect();
+        eprintln!("--- last {name} log lines ---");
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+
     /// Waits until the logs contain `needle`; fails with the logs after `timeout`.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
         let started = Instant::now();

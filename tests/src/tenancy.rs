@@ -13,9 +13,10 @@
 //!   the matrix and the load test share: simple Query, extended (tokio-postgres one-shot
 //!   statements with parameters), the unnamed statement (`query_typed`), named prepared
 //!   statements reused, and pipelined requests on one client.
-//! - [`RawConn`]: a protocol-level client for what tokio-postgres cannot do or show: arbitrary
-//!   startup parameters (`sentinel.tenant`), cleartext (token) passwords, and the exact replies
-//!   (command tags, notices, row descriptions, ReadyForQuery status).
+//! - [`TenancyEnv`]: a [`TenancyDb`] with a Sentinel in front of it, and raw connections
+//!   ([`crate::raw::RawConn`]) through it and straight to Postgres, for what tokio-postgres
+//!   cannot do or show: the bare `sentinel.tenant` startup parameter, cleartext (token) passwords,
+//!   and the exact replies (command tags, notices, row descriptions, ReadyForQuery status).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -24,16 +25,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
-use crate::clients::connect_dsn;
+use crate::clients::{connect_dsn, simple_rows, sqlstate};
 use crate::config::{Auth, SentinelConfig};
 use crate::names::{conninfo_quote, quote_ident, quote_literal};
 use crate::pg::{PgCluster, TestDb};
+use crate::raw::RawConn;
 use crate::sentinel::SentinelProcess;
 
 /// The setting the policies read (Sentinel's default `[tenancy] setting`).
@@ -44,6 +43,9 @@ pub const CONTEXT_REQUIRED: &str = "tenant context required";
 
 /// Rows seeded into `items` per tenant.
 pub const SEEDED_PER_TENANT: usize = 3;
+
+/// The `auth = "tenant-token"` user [`TenancyEnv`] configures.
+pub const TOKEN_USER: &str = "tenant_app";
 
 /// The global tables of the fixture (for `[tenancy] global_tables`).
 pub const GLOBAL_TABLES: &[&str] = &["tenants", "marker"];
@@ -254,6 +256,11 @@ impl TenancyDb {
             .collect())
     }
 
+    /// How many rows a tenant has, as the oracle sees it.
+    pub async fn oracle_count(&self, tenant: &str) -> Result<i64> {
+        Ok(self.oracle_items(tenant).await?.len() as i64)
+    }
+
     /// Row count per tenant, as the oracle sees it.
     pub async fn oracle_counts(&self) -> Result<BTreeMap<String, i64>> {
         let su = self.oracle().await?;
@@ -264,6 +271,85 @@ impl TenancyDb {
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+// === Sentinel in front of it ===
+
+/// A [`TenancyDb`] with a Sentinel in front of it. Dropping it prints Sentinel's last log lines,
+/// which the test harness shows only for a failed test.
+pub struct TenancyEnv {
+    pub tdb: TenancyDb,
+    pub cfg: SentinelConfig,
+    pub sentinel: SentinelProcess,
+}
+
+impl TenancyEnv {
+    /// Starts Sentinel with [`TenancyDb::config`], a pool of one server connection (so that
+    /// clients share it) and the tenant-token user [`TOKEN_USER`], then `configure`.
+    pub async fn start(
+        tdb: TenancyDb,
+        configure: impl FnOnce(SentinelConfig) -> SentinelConfig,
+    ) -> Result<Self> {
+        let cfg = configure(
+            tdb.config()
+                .pool_size(1)
+                .tenant_token_user_for(TOKEN_USER, &tdb.db),
+        );
+        let sentinel = SentinelProcess::start_with(&cfg).await?;
+        Ok(Self { tdb, cfg, sentinel })
+    }
+
+    /// Connects through Sentinel as the app role with no tenant.
+    pub async fn plain(&self) -> Result<Client> {
+        self.tdb.plain(&self.sentinel).await
+    }
+
+    /// A raw connection through Sentinel as the app role, with extra startup parameters.
+    pub async fn raw(&self, extra: &[(&str, &str)]) -> Result<RawConn> {
+        let mut params = vec![
+            ("user", self.tdb.db.role.as_str()),
+            ("database", self.tdb.db.name.as_str()),
+        ];
+        params.extend_from_slice(extra);
+        RawConn::connect(
+            self.sentinel.port(),
+            &params,
+            &self.tdb.db.password,
+            STEP_TIMEOUT,
+        )
+        .await
+    }
+
+    /// A raw connection through Sentinel as [`TOKEN_USER`], with `token` as the (cleartext)
+    /// password.
+    pub async fn raw_token(&self, token: &str) -> Result<RawConn> {
+        let params = [
+            ("user", TOKEN_USER),
+            ("database", self.tdb.db.name.as_str()),
+        ];
+        RawConn::connect(self.sentinel.port(), &params, token, STEP_TIMEOUT).await
+    }
+
+    /// A raw connection straight to Postgres as the app role (the oracle for reply shapes).
+    pub async fn raw_direct(&self) -> Result<RawConn> {
+        let params = [
+            ("user", self.tdb.db.role.as_str()),
+            ("database", self.tdb.db.name.as_str()),
+        ];
+        RawConn::connect(
+            self.tdb.pg.port(),
+            &params,
+            &self.tdb.db.password,
+            STEP_TIMEOUT,
+        )
+        .await
+    }
+}
+
+impl Drop for TenancyEnv {
+    fn drop(&mut self) {
+        self.sentinel.print_log_tail("Sentinel", 40);
     }
 }
 
@@ -299,20 +385,6 @@ pub async fn within<F: Future>(what: &str, fut: F) -> Result<F::Output> {
     tokio::time::timeout(STEP_TIMEOUT, fut)
         .await
         .map_err(|_| anyhow::anyhow!("{what}: no answer within {STEP_TIMEOUT:?} (hung)"))
-}
-
-/// The SQLSTATE of a driver error, or a description of why there is none.
-pub fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("<no SQLSTATE: {e}>"))
-}
-
-/// The server's message of a driver error (or the error itself).
-pub fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_else(|| e.to_string())
 }
 
 /// `Ok` if `res` failed with SQLSTATE `code`; the error is returned for further checks.
@@ -370,20 +442,6 @@ pub fn describe_error(e: &tokio_postgres::Error) -> String {
 /// Whether a setting value means "no tenant" (`''` once set in a session, NULL before).
 pub fn is_unset(v: &Option<String>) -> bool {
     v.as_deref().is_none_or(str::is_empty)
-}
-
-/// Rows of a simple-query reply, as text.
-pub fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The first column of the first row of a simple query.
@@ -889,413 +947,4 @@ fn pipelined_op<'a>(
             }
         }
     })
-}
-
-// === a raw protocol client ===
-
-/// Frontend messages, built up in order and sent in one write.
-#[derive(Default, Clone, Debug)]
-pub struct Wire(pub Vec<u8>);
-
-fn put_cstr(b: &mut Vec<u8>, s: &str) {
-    b.extend_from_slice(s.as_bytes());
-    b.push(0);
-}
-
-impl Wire {
-    pub fn new() -> Wire {
-        Wire::default()
-    }
-
-    pub fn msg(mut self, tag: u8, body: &[u8]) -> Wire {
-        self.0.push(tag);
-        self.0
-            .extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        self.0.extend_from_slice(body);
-        self
-    }
-
-    pub fn query(self, sql: &str) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, sql);
-        self.msg(b'Q', &b)
-    }
-
-    pub fn parse(self, name: &str, sql: &str, types: &[u32]) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, name);
-        put_cstr(&mut b, sql);
-        b.extend_from_slice(&(types.len() as i16).to_be_bytes());
-        for t in types {
-            b.extend_from_slice(&t.to_be_bytes());
-        }
-        self.msg(b'P', &b)
-    }
-
-    /// Bind with text-format parameters and results.
-    pub fn bind(self, portal: &str, stmt: &str, params: &[Option<&str>]) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, portal);
-        put_cstr(&mut b, stmt);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            match p {
-                Some(v) => {
-                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    b.extend_from_slice(v.as_bytes());
-                }
-                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-        self.msg(b'B', &b)
-    }
-
-    pub fn describe_statement(self, name: &str) -> Wire {
-        let mut b = vec![b'S'];
-        put_cstr(&mut b, name);
-        self.msg(b'D', &b)
-    }
-
-    pub fn describe_portal(self, name: &str) -> Wire {
-        let mut b = vec![b'P'];
-        put_cstr(&mut b, name);
-        self.msg(b'D', &b)
-    }
-
-    pub fn execute(self, portal: &str, max_rows: i32) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, portal);
-        b.extend_from_slice(&max_rows.to_be_bytes());
-        self.msg(b'E', &b)
-    }
-
-    pub fn close_statement(self, name: &str) -> Wire {
-        let mut b = vec![b'S'];
-        put_cstr(&mut b, name);
-        self.msg(b'C', &b)
-    }
-
-    pub fn sync(self) -> Wire {
-        self.msg(b'S', &[])
-    }
-}
-
-/// A backend message, decoded far enough to compare Sentinel's replies with Postgres's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    ParseComplete,
-    BindComplete,
-    CloseComplete,
-    NoData,
-    EmptyQuery,
-    PortalSuspended,
-    ParamDesc(Vec<u32>),
-    /// (column name, type oid)
-    RowDesc(Vec<(String, u32)>),
-    Row(Vec<Option<String>>),
-    Complete(String),
-    Error(Fields),
-    Notice(Fields),
-    Ready(char),
-    ParamStatus(String, String),
-    Other(char),
-}
-
-/// The fields of an ErrorResponse or NoticeResponse that tests look at.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fields {
-    /// `S`: ERROR, FATAL, WARNING, NOTICE, …
-    pub severity: String,
-    pub code: String,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl Reply {
-    /// The same reply with error/notice fields other than severity and code blanked, so that
-    /// transcripts can be compared where only the message wording may differ.
-    pub fn codes_only(&self) -> Reply {
-        match self {
-            Reply::Error(f) => Reply::Error(Fields {
-                severity: f.severity.clone(),
-                code: f.code.clone(),
-                ..Fields::default()
-            }),
-            Reply::Notice(f) => Reply::Notice(Fields {
-                severity: f.severity.clone(),
-                code: f.code.clone(),
-                ..Fields::default()
-            }),
-            other => other.clone(),
-        }
-    }
-}
-
-struct Rd<'a>(&'a [u8]);
-
-impl Rd<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        ensure!(self.0.len() >= n, "message too short");
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn i16(&mut self) -> Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into()?))
-    }
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
-    }
-    fn cstr(&mut self) -> Result<String> {
-        let end = self
-            .0
-            .iter()
-            .position(|b| *b == 0)
-            .context("unterminated string")?;
-        let s = String::from_utf8_lossy(&self.0[..end]).into_owned();
-        self.0 = &self.0[end + 1..];
-        Ok(s)
-    }
-}
-
-fn decode_fields(r: &mut Rd<'_>) -> Result<Fields> {
-    let mut f = Fields::default();
-    loop {
-        let field = r.u8()?;
-        if field == 0 {
-            return Ok(f);
-        }
-        let value = r.cstr()?;
-        match field {
-            b'S' => f.severity = value,
-            b'C' => f.code = value,
-            b'M' => f.message = value,
-            b'H' => f.hint = Some(value),
-            _ => {}
-        }
-    }
-}
-
-fn decode(tag: u8, body: &[u8]) -> Result<Reply> {
-    let mut r = Rd(body);
-    Ok(match tag {
-        b'1' => Reply::ParseComplete,
-        b'2' => Reply::BindComplete,
-        b'3' => Reply::CloseComplete,
-        b'n' => Reply::NoData,
-        b'I' => Reply::EmptyQuery,
-        b's' => Reply::PortalSuspended,
-        b't' => {
-            let n = r.i16()?;
-            Reply::ParamDesc(
-                (0..n)
-                    .map(|_| r.i32().map(|v| v as u32))
-                    .collect::<Result<_>>()?,
-            )
-        }
-        b'T' => {
-            let n = r.i16()?;
-            let mut cols = Vec::new();
-            for _ in 0..n {
-                let name = r.cstr()?;
-                r.take(6)?;
-                let oid = r.i32()? as u32;
-                r.take(8)?;
-                cols.push((name, oid));
-            }
-            Reply::RowDesc(cols)
-        }
-        b'D' => {
-            let n = r.i16()?;
-            let mut vals = Vec::new();
-            for _ in 0..n {
-                let len = r.i32()?;
-                vals.push(if len < 0 {
-                    None
-                } else {
-                    Some(String::from_utf8_lossy(r.take(len as usize)?).into_owned())
-                });
-            }
-            Reply::Row(vals)
-        }
-        b'C' => Reply::Complete(r.cstr()?),
-        b'E' => Reply::Error(decode_fields(&mut r)?),
-        b'N' => Reply::Notice(decode_fields(&mut r)?),
-        b'Z' => Reply::Ready(r.u8()? as char),
-        b'S' => Reply::ParamStatus(r.cstr()?, r.cstr()?),
-        other => Reply::Other(other as char),
-    })
-}
-
-/// A protocol-level client: startup with any parameters, SCRAM or cleartext password, then
-/// whatever bytes a test sends.
-pub struct RawConn {
-    stream: TcpStream,
-    rbuf: Vec<u8>,
-    /// ParameterStatus and notices seen during startup.
-    pub startup_replies: Vec<Reply>,
-}
-
-impl RawConn {
-    /// Logs in to 127.0.0.1:`port` with these startup parameters (`user`, `database`, and e.g.
-    /// `sentinel.tenant` or `options`). A refused login is an `Err` whose text holds the
-    /// ErrorResponse (see [`RawConn::login_error`] for the fields).
-    pub async fn connect(port: u16, params: &[(&str, &str)], password: &str) -> Result<RawConn> {
-        match Self::login(port, params, password).await? {
-            Ok(conn) => Ok(conn),
-            Err(fields) => bail!("login refused: {fields:?}"),
-        }
-    }
-
-    /// Like [`connect`](Self::connect), but a refused login is `Ok(Err(fields))`.
-    pub async fn login(
-        port: u16,
-        params: &[(&str, &str)],
-        password: &str,
-    ) -> Result<Result<RawConn, Fields>> {
-        let stream = within("TCP connect", TcpStream::connect(("127.0.0.1", port))).await??;
-        stream.set_nodelay(true)?;
-        let mut conn = RawConn {
-            stream,
-            rbuf: Vec::with_capacity(16 * 1024),
-            startup_replies: Vec::new(),
-        };
-        let mut body = Vec::new();
-        body.extend_from_slice(&196_608u32.to_be_bytes());
-        for (k, v) in params {
-            put_cstr(&mut body, k);
-            put_cstr(&mut body, v);
-        }
-        body.push(0);
-        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        startup.extend_from_slice(&body);
-        conn.write(&Wire(startup)).await?;
-        let mut scram: Option<ScramSha256> = None;
-        loop {
-            let (tag, body) = conn.read_frame().await?;
-            match tag {
-                b'R' => {
-                    let mut r = Rd(&body);
-                    let code = r.i32()?;
-                    let data = r.0;
-                    match code {
-                        0 => {}
-                        3 => {
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, password);
-                            conn.write(&Wire::new().msg(b'p', &b)).await?;
-                        }
-                        10 => {
-                            let s = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, "SCRAM-SHA-256");
-                            b.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
-                            b.extend_from_slice(s.message());
-                            conn.write(&Wire::new().msg(b'p', &b)).await?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().context("SASLContinue before SASL")?;
-                            s.update(data)?;
-                            let msg = s.message().to_vec();
-                            conn.write(&Wire::new().msg(b'p', &msg)).await?;
-                        }
-                        12 => scram
-                            .as_mut()
-                            .context("SASLFinal before SASL")?
-                            .finish(data)?,
-                        other => bail!("unsupported authentication request {other}"),
-                    }
-                }
-                b'E' => {
-                    let mut r = Rd(&body);
-                    return Ok(Err(decode_fields(&mut r)?));
-                }
-                b'Z' => return Ok(Ok(conn)),
-                _ => conn.startup_replies.push(decode(tag, &body)?),
-            }
-        }
-    }
-
-    pub async fn write(&mut self, wire: &Wire) -> Result<()> {
-        within("sending", self.stream.write_all(&wire.0)).await??;
-        Ok(())
-    }
-
-    async fn read_frame(&mut self) -> Result<(u8, Vec<u8>)> {
-        loop {
-            if self.rbuf.len() >= 5 {
-                let len = u32::from_be_bytes(self.rbuf[1..5].try_into()?) as usize;
-                ensure!(len >= 4, "bad message length {len}");
-                if self.rbuf.len() > len {
-                    let frame: Vec<u8> = self.rbuf.drain(..=len).collect();
-                    return Ok((frame[0], frame[5..].to_vec()));
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            let n = within("reading a reply", self.stream.read(&mut chunk)).await??;
-            ensure!(n > 0, "connection closed by the server");
-            self.rbuf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    pub async fn recv(&mut self) -> Result<Reply> {
-        let (tag, body) = self.read_frame().await?;
-        decode(tag, &body)
-    }
-
-    /// Reads replies up to and including the `n`th ReadyForQuery.
-    pub async fn read_ready(&mut self, n: usize) -> Result<Vec<Reply>> {
-        let mut out = Vec::new();
-        let mut seen = 0;
-        while seen < n {
-            let reply = self
-                .recv()
-                .await
-                .with_context(|| format!("waiting for ReadyForQuery; so far: {out:?}"))?;
-            if matches!(reply, Reply::Ready(_)) {
-                seen += 1;
-            }
-            out.push(reply);
-        }
-        Ok(out)
-    }
-
-    /// Sends `wire` and reads to `readies` ReadyForQuery messages.
-    pub async fn run(&mut self, wire: Wire, readies: usize) -> Result<Vec<Reply>> {
-        self.write(&wire).await?;
-        self.read_ready(readies).await
-    }
-
-    /// A simple Query, read to its ReadyForQuery.
-    pub async fn query(&mut self, sql: &str) -> Result<Vec<Reply>> {
-        self.run(Wire::new().query(sql), 1).await
-    }
-}
-
-/// The first ErrorResponse in a transcript.
-pub fn first_error(replies: &[Reply]) -> Option<&Fields> {
-    replies.iter().find_map(|r| match r {
-        Reply::Error(f) => Some(f),
-        _ => None,
-    })
-}
-
-/// The rows of a transcript.
-pub fn reply_rows(replies: &[Reply]) -> Vec<Vec<Option<String>>> {
-    replies
-        .iter()
-        .filter_map(|r| match r {
-            Reply::Row(v) => Some(v.clone()),
-            _ => None,
-        })
-        .collect()
 }

@@ -5,9 +5,10 @@
 //! server connections and Sentinel's transaction pooling, statement mapping, parameter syncing
 //! and cancel routing are exercised for real. Where it makes sense, what a client sees through
 //! Sentinel is compared with what the same client sees on a direct connection (the "oracle"):
-//! either with tokio-postgres, or with [`RawConn`], a minimal protocol client in this file that
-//! sends exactly the bytes a test specifies and records every reply, so message-level sequences
-//! (ParseComplete, PortalSuspended, ReadyForQuery status, ...) can be compared one to one.
+//! either with tokio-postgres, or with [`RawConn`] (`sentinel_tests::raw`), a protocol client
+//! that sends exactly the bytes a test specifies and records every reply, so message-level
+//! sequences (ParseComplete, PortalSuspended, ReadyForQuery status, ...) can be compared one to
+//! one.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,18 +17,18 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use sentinel_tests::clients::connect_dsn;
+use sentinel_tests::clients::{connect_dsn, db_message, simple_rows, sqlstate};
 use sentinel_tests::pg::pg_bin_dir;
+use sentinel_tests::raw::{
+    RawConn, Reply, Step, Until, Wire, decode, first_difference, first_error, q, step,
+};
 use sentinel_tests::{
     Auth, PgCluster, PoolMode, SentinelConfig, SentinelProcess, TestDb, free_port, shared_cluster,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage, Statement};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 /// How long one protocol step may take before the test calls it hung.
 const STEP_TIMEOUT: Duration = Duration::from_secs(8);
@@ -89,37 +90,26 @@ impl Env {
     }
 
     async fn raw(&self) -> Result<RawConn> {
-        RawConn::connect(
-            self.sentinel.port(),
-            &self.db.role,
-            &self.db.password,
-            &self.db.name,
-        )
-        .await
-        .context("raw connection through Sentinel")
+        self.raw_to(self.sentinel.port())
+            .await
+            .context("raw connection through Sentinel")
     }
 
     async fn raw_direct(&self) -> Result<RawConn> {
-        RawConn::connect(
-            self.pg.port(),
-            &self.db.role,
-            &self.db.password,
-            &self.db.name,
-        )
-        .await
-        .context("raw connection straight to Postgres")
+        self.raw_to(self.pg.port())
+            .await
+            .context("raw connection straight to Postgres")
+    }
+
+    async fn raw_to(&self, port: u16) -> Result<RawConn> {
+        let params = [("user", self.db.role.as_str()), ("database", &self.db.name)];
+        RawConn::connect(port, &params, &self.db.password, STEP_TIMEOUT).await
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // Captured by the test harness; shown only when the test fails.
-        let logs = self.sentinel.logs();
-        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-        eprintln!("--- last Sentinel log lines ---");
-        for line in tail.iter().rev() {
-            eprintln!("{line}");
-        }
+        self.sentinel.print_log_tail("Sentinel", 40);
     }
 }
 
@@ -130,12 +120,6 @@ async fn within<F: Future>(what: &str, fut: F) -> Result<F::Output> {
     tokio::time::timeout(STEP_TIMEOUT, fut)
         .await
         .map_err(|_| anyhow!("{what}: no answer within {STEP_TIMEOUT:?} (hung)"))
-}
-
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("<no SQLSTATE: {e}>"))
 }
 
 /// The error of `res`, which must have failed with `code`.
@@ -155,12 +139,6 @@ fn expect_err<T>(
             Ok(e)
         }
     }
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_else(|| e.to_string())
 }
 
 async fn backend_pid(c: &Client) -> Result<i32> {
@@ -189,19 +167,6 @@ async fn scalar_str(c: &Client, sql: &str) -> Result<String> {
     scalar(c, sql)
         .await?
         .with_context(|| format!("{sql} returned no value"))
-}
-
-fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Polls `check` every 20 ms until it yields a value; fails after `timeout`.
@@ -332,506 +297,11 @@ fn drain_notices(rx: &mut tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>) ->
     out
 }
 
-// === a raw protocol client ===
-
-/// Frontend messages, built up in order and sent in one write.
-#[derive(Default, Clone)]
-struct Wire(Vec<u8>);
-
-fn put_cstr(b: &mut Vec<u8>, s: &str) {
-    b.extend_from_slice(s.as_bytes());
-    b.push(0);
-}
-
-impl Wire {
-    fn new() -> Wire {
-        Wire::default()
-    }
-
-    fn msg(mut self, tag: u8, body: &[u8]) -> Wire {
-        self.0.push(tag);
-        self.0
-            .extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        self.0.extend_from_slice(body);
-        self
-    }
-
-    fn query(self, sql: &str) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, sql);
-        self.msg(b'Q', &b)
-    }
-
-    fn parse(self, name: &str, sql: &str, types: &[u32]) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, name);
-        put_cstr(&mut b, sql);
-        b.extend_from_slice(&(types.len() as i16).to_be_bytes());
-        for t in types {
-            b.extend_from_slice(&t.to_be_bytes());
-        }
-        self.msg(b'P', &b)
-    }
-
-    /// Bind with text-format parameters and results.
-    fn bind(self, portal: &str, stmt: &str, params: &[Option<&str>]) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, portal);
-        put_cstr(&mut b, stmt);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            match p {
-                Some(v) => {
-                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    b.extend_from_slice(v.as_bytes());
-                }
-                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-        self.msg(b'B', &b)
-    }
-
-    fn describe(self, kind: u8, name: &str) -> Wire {
-        let mut b = vec![kind];
-        put_cstr(&mut b, name);
-        self.msg(b'D', &b)
-    }
-
-    fn describe_statement(self, name: &str) -> Wire {
-        self.describe(b'S', name)
-    }
-
-    fn describe_portal(self, name: &str) -> Wire {
-        self.describe(b'P', name)
-    }
-
-    fn execute(self, portal: &str, max_rows: i32) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, portal);
-        b.extend_from_slice(&max_rows.to_be_bytes());
-        self.msg(b'E', &b)
-    }
-
-    fn close(self, kind: u8, name: &str) -> Wire {
-        let mut b = vec![kind];
-        put_cstr(&mut b, name);
-        self.msg(b'C', &b)
-    }
-
-    fn close_statement(self, name: &str) -> Wire {
-        self.close(b'S', name)
-    }
-
-    fn close_portal(self, name: &str) -> Wire {
-        self.close(b'P', name)
-    }
-
-    fn sync(self) -> Wire {
-        self.msg(b'S', &[])
-    }
-
-    fn flush(self) -> Wire {
-        self.msg(b'H', &[])
-    }
-
-    fn copy_data(self, data: &[u8]) -> Wire {
-        self.msg(b'd', data)
-    }
-
-    fn copy_done(self) -> Wire {
-        self.msg(b'c', &[])
-    }
-
-    fn copy_fail(self, why: &str) -> Wire {
-        let mut b = Vec::new();
-        put_cstr(&mut b, why);
-        self.msg(b'f', &b)
-    }
-}
-
-/// A backend message, decoded far enough to compare Sentinel's replies with Postgres's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Reply {
-    ParseComplete,
-    BindComplete,
-    CloseComplete,
-    NoData,
-    EmptyQuery,
-    PortalSuspended,
-    ParamDesc(Vec<u32>),
-    /// (column name, type oid)
-    RowDesc(Vec<(String, u32)>),
-    Row(Vec<Option<String>>),
-    Complete(String),
-    Error {
-        code: String,
-        message: String,
-    },
-    Notice {
-        code: String,
-        message: String,
-    },
-    Ready(char),
-    CopyIn,
-    CopyOut,
-    CopyData(String),
-    CopyDone,
-    Notification {
-        channel: String,
-        payload: String,
-    },
-    ParamStatus(String, String),
-    Other(char),
-}
-
-struct Rd<'a>(&'a [u8]);
-
-impl Rd<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        ensure!(self.0.len() >= n, "message too short");
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn i16(&mut self) -> Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into()?))
-    }
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
-    }
-    fn cstr(&mut self) -> Result<String> {
-        let end = self
-            .0
-            .iter()
-            .position(|b| *b == 0)
-            .context("unterminated string")?;
-        let s = String::from_utf8_lossy(&self.0[..end]).into_owned();
-        self.0 = &self.0[end + 1..];
-        Ok(s)
-    }
-}
-
-fn decode(tag: u8, body: &[u8]) -> Result<Reply> {
-    let mut r = Rd(body);
-    Ok(match tag {
-        b'1' => Reply::ParseComplete,
-        b'2' => Reply::BindComplete,
-        b'3' => Reply::CloseComplete,
-        b'n' => Reply::NoData,
-        b'I' => Reply::EmptyQuery,
-        b's' => Reply::PortalSuspended,
-        b'c' => Reply::CopyDone,
-        b'G' => Reply::CopyIn,
-        b'H' => Reply::CopyOut,
-        b'd' => Reply::CopyData(String::from_utf8_lossy(body).into_owned()),
-        b't' => {
-            let n = r.i16()?;
-            Reply::ParamDesc(
-                (0..n)
-                    .map(|_| r.i32().map(|v| v as u32))
-                    .collect::<Result<_>>()?,
-            )
-        }
-        b'T' => {
-            let n = r.i16()?;
-            let mut cols = Vec::new();
-            for _ in 0..n {
-                let name = r.cstr()?;
-                r.take(6)?; // table oid, column number
-                let oid = r.i32()? as u32;
-                r.take(8)?; // type size, modifier, format
-                cols.push((name, oid));
-            }
-            Reply::RowDesc(cols)
-        }
-        b'D' => {
-            let n = r.i16()?;
-            let mut vals = Vec::new();
-            for _ in 0..n {
-                let len = r.i32()?;
-                vals.push(if len < 0 {
-                    None
-                } else {
-                    Some(String::from_utf8_lossy(r.take(len as usize)?).into_owned())
-                });
-            }
-            Reply::Row(vals)
-        }
-        b'C' => Reply::Complete(r.cstr()?),
-        b'E' | b'N' => {
-            let (mut code, mut message) = (String::new(), String::new());
-            loop {
-                let field = r.u8()?;
-                if field == 0 {
-                    break;
-                }
-                let value = r.cstr()?;
-                match field {
-                    b'C' => code = value,
-                    b'M' => message = value,
-                    _ => {}
-                }
-            }
-            if tag == b'E' {
-                Reply::Error { code, message }
-            } else {
-                Reply::Notice { code, message }
-            }
-        }
-        b'Z' => Reply::Ready(r.u8()? as char),
-        b'A' => {
-            r.i32()?;
-            Reply::Notification {
-                channel: r.cstr()?,
-                payload: r.cstr()?,
-            }
-        }
-        b'S' => Reply::ParamStatus(r.cstr()?, r.cstr()?),
-        other => Reply::Other(other as char),
-    })
-}
-
-/// A protocol-level client: startup and SCRAM, then whatever bytes a test sends.
-struct RawConn {
-    stream: TcpStream,
-    rbuf: BytesMut,
-}
-
-/// What to read after a step's messages are sent.
-#[derive(Clone, Copy, Debug)]
-enum Until {
-    /// This many ReadyForQuery messages.
-    Ready(usize),
-    /// Exactly this many messages.
-    Messages(usize),
-    /// Up to CopyInResponse, or ReadyForQuery if the COPY failed to start.
-    CopyIn,
-}
-
-struct Step {
-    wire: Wire,
-    until: Until,
-    /// Sent first on a second connection of the same kind (through Sentinel or straight to
-    /// Postgres) and read to its ReadyForQuery: another client using the server in between.
-    other: Option<Wire>,
-}
-
-fn step(wire: Wire, until: Until) -> Step {
-    Step {
-        wire,
-        until,
-        other: None,
-    }
-}
-
-impl Step {
-    fn after_other(mut self, other: Wire) -> Step {
-        self.other = Some(other);
-        self
-    }
-}
-
-/// A simple Query, read to its ReadyForQuery.
-fn q(sql: &str) -> Step {
-    step(Wire::new().query(sql), Until::Ready(1))
-}
-
-impl RawConn {
-    async fn connect(port: u16, user: &str, password: &str, db: &str) -> Result<RawConn> {
-        let stream = within("TCP connect", TcpStream::connect(("127.0.0.1", port))).await??;
-        stream.set_nodelay(true)?;
-        let mut conn = RawConn {
-            stream,
-            rbuf: BytesMut::with_capacity(64 * 1024),
-        };
-        let mut body = Vec::new();
-        body.extend_from_slice(&196_608u32.to_be_bytes());
-        for (k, v) in [("user", user), ("database", db)] {
-            put_cstr(&mut body, k);
-            put_cstr(&mut body, v);
-        }
-        body.push(0);
-        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        startup.extend_from_slice(&body);
-        conn.write(&Wire(startup)).await?;
-        let mut scram: Option<ScramSha256> = None;
-        loop {
-            let (tag, body) = conn.read_frame().await?;
-            match tag {
-                b'R' => {
-                    let mut r = Rd(&body);
-                    let code = r.i32()?;
-                    let data = r.0;
-                    match code {
-                        0 => {}
-                        10 => {
-                            let s = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, "SCRAM-SHA-256");
-                            b.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
-                            b.extend_from_slice(s.message());
-                            conn.write(&Wire::new().msg(b'p', &b)).await?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().context("SASLContinue before SASL")?;
-                            s.update(data)?;
-                            let msg = s.message().to_vec();
-                            conn.write(&Wire::new().msg(b'p', &msg)).await?;
-                        }
-                        12 => scram
-                            .as_mut()
-                            .context("SASLFinal before SASL")?
-                            .finish(data)?,
-                        3 => {
-                            let mut b = Vec::new();
-                            put_cstr(&mut b, password);
-                            conn.write(&Wire::new().msg(b'p', &b)).await?;
-                        }
-                        other => bail!("unsupported authentication request {other}"),
-                    }
-                }
-                b'E' => bail!("login refused: {:?}", decode(tag, &body)?),
-                b'Z' => return Ok(conn),
-                _ => {} // ParameterStatus, BackendKeyData, notices
-            }
-        }
-    }
-
-    async fn write(&mut self, wire: &Wire) -> Result<()> {
-        within("sending", self.stream.write_all(&wire.0)).await??;
-        Ok(())
-    }
-
-    /// A whole message already in the buffer, if any: (tag, body).
-    fn buffered_frame(&mut self) -> Result<Option<(u8, Bytes)>> {
-        if self.rbuf.len() < 5 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes(self.rbuf[1..5].try_into()?) as usize;
-        ensure!(len >= 4, "bad message length {len}");
-        if self.rbuf.len() < 1 + len {
-            self.rbuf.reserve(1 + len - self.rbuf.len());
-            return Ok(None);
-        }
-        let frame = self.rbuf.split_to(1 + len).freeze();
-        Ok(Some((frame[0], frame.slice(5..))))
-    }
-
-    /// Reads at most `max` more bytes from the socket; returns how many.
-    async fn read_some(&mut self, max: usize) -> Result<usize> {
-        let mut chunk = vec![0u8; max];
-        let n = within("reading", self.stream.read(&mut chunk)).await??;
-        ensure!(n > 0, "connection closed by the server");
-        self.rbuf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    async fn read_frame(&mut self) -> Result<(u8, Bytes)> {
-        loop {
-            if let Some(f) = self.buffered_frame()? {
-                return Ok(f);
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
-                self.rbuf.reserve(64 * 1024);
-            }
-            let n = within("reading a reply", self.stream.read_buf(&mut self.rbuf)).await??;
-            ensure!(n > 0, "connection closed by the server");
-        }
-    }
-
-    async fn recv(&mut self) -> Result<Reply> {
-        let (tag, body) = self.read_frame().await?;
-        decode(tag, &body)
-    }
-
-    async fn read_until(&mut self, until: Until) -> Result<Vec<Reply>> {
-        let mut out = Vec::new();
-        let mut readies = 0;
-        loop {
-            match until {
-                Until::Ready(n) if readies == n => return Ok(out),
-                Until::Messages(n) if out.len() == n => return Ok(out),
-                _ => {}
-            }
-            let reply = self
-                .recv()
-                .await
-                .with_context(|| format!("waiting for {until:?}; replies so far: {out:?}"))?;
-            let stop =
-                matches!(until, Until::CopyIn) && matches!(reply, Reply::CopyIn | Reply::Ready(_));
-            if matches!(reply, Reply::Ready(_)) {
-                readies += 1;
-            }
-            out.push(reply);
-            if stop {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Runs the steps; `other` is the second connection for steps that use one.
-    async fn run_with(
-        &mut self,
-        mut other: Option<&mut RawConn>,
-        steps: &[Step],
-    ) -> Result<Vec<Vec<Reply>>> {
-        let mut out = Vec::new();
-        for (i, s) in steps.iter().enumerate() {
-            if let Some(wire) = &s.other {
-                let other = other.as_deref_mut().context("no second connection")?;
-                other.write(wire).await?;
-                other
-                    .read_until(Until::Ready(1))
-                    .await
-                    .with_context(|| format!("the other client before step {i}"))?;
-            }
-            self.write(&s.wire).await?;
-            let replies = self
-                .read_until(s.until)
-                .await
-                .with_context(|| format!("step {i}; earlier steps got {out:?}"))?;
-            out.push(replies);
-        }
-        Ok(out)
-    }
-
-    async fn run(&mut self, steps: &[Step]) -> Result<Vec<Vec<Reply>>> {
-        self.run_with(None, steps).await
-    }
-}
-
-/// Where two reply transcripts first differ, briefly.
-fn first_difference(via: &[Vec<Reply>], direct: &[Vec<Reply>]) -> Option<String> {
-    for (i, (a, b)) in via.iter().zip(direct).enumerate() {
-        if a != b {
-            let at = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-            let show = |v: &[Reply]| {
-                let end = (at + 4).min(v.len());
-                format!("{:?}", &v[at.min(end)..end])
-            };
-            return Some(format!(
-                "step {i}, reply {at}:\n      Sentinel: {} ({} replies)\n      Postgres: {} ({} replies)",
-                show(a),
-                a.len(),
-                show(b),
-                b.len()
-            ));
-        }
-    }
-    (via.len() != direct.len()).then(|| format!("{} vs {} steps", via.len(), direct.len()))
-}
+// === comparing raw transcripts ===
 
 /// Runs each script on a fresh raw connection through Sentinel and on one straight to
-/// Postgres; returns a description of every script whose replies differ.
+/// Postgres; returns a description of every script whose replies differ (errors and notices
+/// compared by SQLSTATE and message).
 async fn oracle_mismatches(env: &Env, scripts: &[(&str, Vec<Step>)]) -> Result<Vec<String>> {
     let mut mismatches = Vec::new();
     for (name, steps) in scripts {
@@ -859,7 +329,8 @@ async fn oracle_mismatches(env: &Env, scripts: &[(&str, Vec<Step>)]) -> Result<V
                 "- {name}: through Sentinel: {e:#}\n    Postgres replied: {direct:?}"
             )),
             Ok(via) => {
-                if let Some(diff) = first_difference(&via, &direct) {
+                if let Some(diff) = first_difference(&via, &direct, |r| Some(r.code_and_message()))
+                {
                     mismatches.push(format!("- {name}: {diff}"));
                 }
             }
@@ -1937,7 +1408,7 @@ async fn changed_result_type_behaves_like_postgres() -> Result<()> {
             .await?
             .remove(0);
         match replies.first() {
-            Some(Reply::Error { code, .. }) if code == "0A000" => {}
+            Some(Reply::Error(e)) if e.code == "0A000" => {}
             _ => problems.push(format!(
                 "A's attempt {attempt} got {replies:?}, Postgres 0A000"
             )),
@@ -2083,13 +1554,9 @@ async fn transactions_commit_rollback_and_savepoints() -> Result<()> {
                 "select 1",
                 "rollback",
             ] {
-                conn.write(&Wire::new().query(sql)).await?;
-                let replies = conn.read_until(Until::Ready(1)).await?;
+                let replies = conn.query(sql).await?;
                 let status = replies.last().cloned();
-                let code = replies.iter().find_map(|r| match r {
-                    Reply::Error { code, .. } => Some(code.clone()),
-                    _ => None,
-                });
+                let code = first_error(&replies).map(|e| e.code.clone());
                 seen.push(format!("{sql}: {status:?} {code:?}"));
             }
             Ok::<_, anyhow::Error>(seen)

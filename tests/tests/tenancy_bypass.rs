@@ -24,9 +24,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
+use sentinel_tests::clients::{simple_rows, sqlstate};
 use sentinel_tests::names::{quote_ident, random_secret};
 use sentinel_tests::tenancy::{
-    CONTEXT_REQUIRED, TenancyDb, connect, describe_error, is_unset, simple_rows, sqlstate,
+    CONTEXT_REQUIRED, TOKEN_USER, TenancyDb, TenancyEnv, connect, describe_error, is_unset,
     startup_options, try_connect, within,
 };
 use sentinel_tests::{SentinelConfig, SentinelProcess, shared_cluster};
@@ -37,46 +38,46 @@ const TENANTS: &[&str] = &["acme", "globex", "initech"];
 /// The tenant bound connections are bound to; attempts try to reach [`OTHER`].
 const BOUND: &str = "acme";
 const OTHER: &str = "globex";
-const TOKEN_USER: &str = "tenant_app";
 
 // === fixture ===
 
-struct Env {
-    tdb: TenancyDb,
-    cfg: SentinelConfig,
-    sentinel: SentinelProcess,
-    /// The BYPASSRLS role the app role is a member of.
-    peer: String,
+/// The BYPASSRLS role the app role is made a member of ([`create_peer`]).
+fn peer_role(tdb: &TenancyDb) -> String {
+    format!("{}_peer", tdb.db.role)
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let logs = self.sentinel.logs();
-        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-        eprintln!("--- last Sentinel log lines ---");
-        for line in tail.iter().rev() {
-            eprintln!("{line}");
-        }
-    }
+/// Creates [`peer_role`]: it may read `items`, and the app role is a member.
+async fn create_peer(tdb: &TenancyDb) -> Result<()> {
+    tdb.superuser_batch(&format!(
+        "CREATE ROLE {p} NOLOGIN BYPASSRLS; GRANT SELECT ON items TO {p}; GRANT {p} TO {a};",
+        p = quote_ident(&peer_role(tdb)),
+        a = quote_ident(&tdb.db.role)
+    ))
+    .await
 }
 
 /// The RLS fixture, plus every privilege that would let an escape attempt succeed in Postgres.
 async fn start_env(
     prefix: &str,
     configure: impl FnOnce(SentinelConfig) -> SentinelConfig,
-) -> Result<Env> {
+) -> Result<TenancyEnv> {
     let pg = shared_cluster().await?;
     let tdb = TenancyDb::create(pg, prefix, TENANTS).await?;
+    create_peer(&tdb).await?;
     let app = quote_ident(&tdb.db.role);
-    let peer = format!("{}_peer", tdb.db.role);
-    let peer_q = quote_ident(&peer);
+    {
+        // Grants on a parameter update one cluster-wide catalog row: tests setting up at the
+        // same time would fail with "tuple concurrently updated".
+        static PARAMETER_GRANTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = PARAMETER_GRANTS.lock().await;
+        tdb.superuser_batch(&format!(
+            "GRANT SET ON PARAMETER app.tenant_id TO {app};
+             GRANT ALTER SYSTEM ON PARAMETER app.tenant_id TO {app};"
+        ))
+        .await?;
+    }
     tdb.superuser_batch(&format!(
-        "CREATE ROLE {peer_q} NOLOGIN BYPASSRLS;
-         GRANT SELECT ON items TO {peer_q};
-         GRANT {peer_q} TO {app};
-         ALTER ROLE {app} CREATEROLE;
-         GRANT SET ON PARAMETER app.tenant_id TO {app};
-         GRANT ALTER SYSTEM ON PARAMETER app.tenant_id TO {app};
+        "ALTER ROLE {app} CREATEROLE;
          GRANT pg_execute_server_program TO {app};
          GRANT TRUNCATE ON items, tenants, marker TO {app};
          CREATE TABLE app_notes (tenant_id text NOT NULL, body text);
@@ -90,22 +91,11 @@ async fn start_env(
          ALTER ROLE {app} SET log_statement = 'all';"
     ))
     .await?;
-    let cfg = configure(
-        tdb.config()
-            .pool_size(1)
-            .tenant_token_user_for(TOKEN_USER, &tdb.db),
-    );
-    let sentinel = SentinelProcess::start_with(&cfg).await?;
-    Ok(Env {
-        tdb,
-        cfg,
-        sentinel,
-        peer,
-    })
+    TenancyEnv::start(tdb, configure).await
 }
 
 /// Everything an attempt could change, as one text (see the module docs).
-async fn snapshot(env: &Env) -> Result<String> {
+async fn snapshot(env: &TenancyEnv) -> Result<String> {
     let su = env.tdb.oracle().await?;
     let sql = r"
 SELECT concat_ws(E'\n',
@@ -935,7 +925,7 @@ fn cases(app: &str, db: &str, peer: &str, owner: &str, tmp_file: &str) -> Vec<Ca
 // === running a case ===
 
 async fn connect_as(
-    env: &Env,
+    env: &TenancyEnv,
     conn: Conn,
     extra: &str,
 ) -> Result<Result<Client, tokio_postgres::Error>> {
@@ -1036,7 +1026,7 @@ async fn identity(client: &Client) -> Result<(Option<String>, String, String)> {
     ))
 }
 
-async fn run_case(env: &Env, probe_client: &Client, c: &Case, probe: &str) -> Result<()> {
+async fn run_case(env: &TenancyEnv, probe_client: &Client, c: &Case, probe: &str) -> Result<()> {
     let app = &env.tdb.db.role;
     let before = snapshot(env).await?;
     let mut problems: Vec<String> = Vec::new();
@@ -1172,7 +1162,7 @@ async fn escape_attempts_are_refused_and_nothing_runs() -> Result<()> {
     let all = cases(
         &env.tdb.db.role,
         &env.tdb.db.name,
-        &env.peer,
+        &peer_role(&env.tdb),
         &owner,
         &tmp_file,
     );
@@ -1219,7 +1209,7 @@ async fn escape_attempts_are_refused_and_nothing_runs() -> Result<()> {
 async fn lookalikes_that_are_fine_run() -> Result<()> {
     let env = start_env("tenlook", |c| c).await?;
     let c = connect(&env.tdb.dsn(&env.sentinel, "")).await?;
-    let acme = env.tdb.oracle_items(BOUND).await?.len() as i64;
+    let acme = env.tdb.oracle_count(BOUND).await?;
 
     // A literal that looks like a tag, with a real tag: data, and only acme's rows.
     let n: i64 = c
@@ -1301,13 +1291,8 @@ async fn bypass_users_pass_untouched() -> Result<()> {
     const MIGRATOR_PW: &str = "migrator-pw";
     let pg = shared_cluster().await?;
     let tdb = TenancyDb::create(pg, "tenbyuser", TENANTS).await?;
-    let peer = format!("{}_peer", tdb.db.role);
-    tdb.superuser_batch(&format!(
-        "CREATE ROLE {p} NOLOGIN BYPASSRLS; GRANT SELECT ON items TO {p}; GRANT {p} TO {a};",
-        p = quote_ident(&peer),
-        a = quote_ident(&tdb.db.role)
-    ))
-    .await?;
+    create_peer(&tdb).await?;
+    let peer = peer_role(&tdb);
     let cfg = tdb
         .config()
         .pool_size(2)
@@ -1321,7 +1306,7 @@ async fn bypass_users_pass_untouched() -> Result<()> {
     let sentinel = SentinelProcess::start_with(&cfg).await?;
     let m = connect(&sentinel.dsn(MIGRATOR, MIGRATOR_PW, &tdb.db.name)).await?;
     let total = tdb.oracle_counts().await?.values().sum::<i64>();
-    let acme = tdb.oracle_items(BOUND).await?.len() as i64;
+    let acme = tdb.oracle_count(BOUND).await?;
 
     // No tenant needed: RLS (fail-closed) answers, not Sentinel.
     let n: i64 = m

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
+use sentinel_tests::clients::simple_rows;
 use sentinel_tests::tenancy::{
-    Op, Out, Proto, SEEDED_PER_TENANT, SetForm, StatementCache, Tag, TagStyle, TenancyDb,
-    describe_error, is_unset, run_ops, simple_rows, startup_options,
+    Op, Out, Proto, SEEDED_PER_TENANT, SetForm, StatementCache, TOKEN_USER, Tag, TagStyle,
+    TenancyDb, describe_error, is_unset, run_ops, startup_options,
 };
 use sentinel_tests::{Auth, SentinelConfig, SentinelProcess, shared_cluster};
 use tokio_postgres::Client;
@@ -36,7 +37,6 @@ const CONNECT_CONCURRENCY: usize = 32;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
 const TRUST_USER: &str = "app_trust";
-const TOKEN_USER: &str = "tenant_app";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -189,12 +189,7 @@ async fn many_tenants_on_few_server_connections_stay_isolated() -> Result<()> {
     let sentinel = SentinelProcess::start_with(&cfg).await?;
     let result = load_and_check(&tdb, &cfg, &sentinel, started).await;
     if result.is_err() {
-        let logs = sentinel.logs();
-        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-        eprintln!("--- last Sentinel log lines ---");
-        for line in tail.iter().rev() {
-            eprintln!("{line}");
-        }
+        sentinel.print_log_tail("Sentinel", 40);
     }
     result
 }

@@ -27,8 +27,8 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail, ensure};
 use sentinel_tests::tenancy::{
-    ItemRow, Op, Out, Proto, SetForm, StatementCache, Tag, TagStyle, TenancyDb, assert_no_context,
-    describe_error, run_ops, simple_scalar, within,
+    ItemRow, Op, Out, Proto, SetForm, StatementCache, TOKEN_USER, Tag, TagStyle, TenancyDb,
+    assert_no_context, describe_error, run_ops, simple_scalar, within,
 };
 use sentinel_tests::{SentinelProcess, TenancyScope, shared_cluster};
 use tokio_postgres::Client;
@@ -41,9 +41,6 @@ const TENANTS: &[&str] = &[
     "stark_ind",
     "t-1000",
 ];
-
-/// The tenant-token user's name in the config.
-const TOKEN_USER: &str = "tenant_app";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -93,12 +90,7 @@ impl Drop for Env {
             ("scope=transaction", &self.txn),
             ("scope=session", &self.session),
         ] {
-            let logs = s.logs();
-            let tail: Vec<&str> = logs.lines().rev().take(30).collect();
-            eprintln!("--- last Sentinel ({name}) log lines ---");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            s.print_log_tail(&format!("Sentinel ({name})"), 30);
         }
     }
 }
@@ -427,7 +419,7 @@ async fn run_cell(env: &Env, probes: &Probes, cell: &Cell<'_>) -> Result<()> {
             match rows {
                 Ok(rows) => {
                     let n: i64 = rows.first().map(|r| r.get(0)).unwrap_or(-1);
-                    let want = env.tdb.oracle_items(tenant).await?.len() as i64;
+                    let want = env.tdb.oracle_count(tenant).await?;
                     if n == want {
                         Ok(())
                     } else {

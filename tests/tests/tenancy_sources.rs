@@ -21,79 +21,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use sentinel_policy::keys::{EnvSalt, Keyring, issue_tenant_token};
+use sentinel_tests::clients::{db_message, simple_rows, sqlstate};
 use sentinel_tests::config::{new_keyring_text, new_salt};
+use sentinel_tests::raw::{
+    Fields, RawConn, Reply, Step, Until, Wire, first_difference, first_error, q, reply_rows, step,
+};
 use sentinel_tests::sentinel::run_sentinel;
 use sentinel_tests::tenancy::{
-    CONTEXT_REQUIRED, Fields, RawConn, Reply, TenancyDb, Wire, assert_no_context, db_message,
-    describe_error, expect_code, expect_context_required, first_error, reply_rows, simple_rows,
-    simple_scalar, sqlstate, startup_options, try_connect,
+    CONTEXT_REQUIRED, STEP_TIMEOUT, TOKEN_USER, TenancyDb, TenancyEnv, assert_no_context,
+    describe_error, expect_code, expect_context_required, simple_scalar, startup_options,
+    try_connect,
 };
-use sentinel_tests::{SentinelConfig, SentinelProcess, TenancyScope, shared_cluster};
+use sentinel_tests::{SentinelConfig, TenancyScope, shared_cluster};
 use tokio_postgres::Client;
 
 const TENANTS: &[&str] = &["acme", "globex", "initech"];
-const TOKEN_USER: &str = "tenant_app";
 const TEXT_OID: u32 = 25;
 
-struct Env {
-    tdb: TenancyDb,
-    cfg: SentinelConfig,
-    sentinel: SentinelProcess,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let logs = self.sentinel.logs();
-        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-        eprintln!("--- last Sentinel log lines ---");
-        for line in tail.iter().rev() {
-            eprintln!("{line}");
-        }
-    }
-}
-
+/// The fixture with [`TENANTS`] and a Sentinel in front of it.
 async fn start(
     prefix: &str,
     configure: impl FnOnce(SentinelConfig) -> SentinelConfig,
-) -> Result<Env> {
-    let pg = shared_cluster().await?;
-    let tdb = TenancyDb::create(pg, prefix, TENANTS).await?;
-    let cfg = configure(
-        tdb.config()
-            .pool_size(1)
-            .tenant_token_user_for(TOKEN_USER, &tdb.db),
-    );
-    let sentinel = SentinelProcess::start_with(&cfg).await?;
-    Ok(Env { tdb, cfg, sentinel })
-}
-
-impl Env {
-    async fn plain(&self) -> Result<Client> {
-        self.tdb.plain(&self.sentinel).await
-    }
-
-    /// A raw connection through Sentinel as the app role, with extra startup parameters.
-    async fn raw(&self, extra: &[(&str, &str)]) -> Result<RawConn> {
-        let mut params = vec![
-            ("user", self.tdb.db.role.as_str()),
-            ("database", self.tdb.db.name.as_str()),
-        ];
-        params.extend_from_slice(extra);
-        RawConn::connect(self.sentinel.port(), &params, &self.tdb.db.password).await
-    }
-
-    /// A raw connection straight to Postgres as the app role (the oracle for reply shapes).
-    async fn raw_direct(&self) -> Result<RawConn> {
-        let params = [
-            ("user", self.tdb.db.role.as_str()),
-            ("database", self.tdb.db.name.as_str()),
-        ];
-        RawConn::connect(self.tdb.pg.port(), &params, &self.tdb.db.password).await
-    }
-
-    async fn count(&self, tenant: &str) -> Result<i64> {
-        Ok(self.tdb.oracle_items(tenant).await?.len() as i64)
-    }
+) -> Result<TenancyEnv> {
+    let tdb = TenancyDb::create(shared_cluster().await?, prefix, TENANTS).await?;
+    TenancyEnv::start(tdb, configure).await
 }
 
 fn unix_now() -> u64 {
@@ -114,8 +65,8 @@ async fn count_items(c: &Client, what: &str) -> Result<i64> {
 
 /// A bound client sees exactly `tenant`'s rows, in autocommit and in a transaction, and the
 /// setting inside its transactions is `tenant`.
-async fn assert_bound(env: &Env, c: &Client, tenant: &str, what: &str) -> Result<()> {
-    let want = env.count(tenant).await?;
+async fn assert_bound(env: &TenancyEnv, c: &Client, tenant: &str, what: &str) -> Result<()> {
+    let want = env.tdb.oracle_count(tenant).await?;
     let n = count_items(c, what).await?;
     ensure!(
         n == want,
@@ -175,8 +126,8 @@ async fn no_context_is_refused_with_a_hint_and_the_connection_stays_usable() -> 
     // Raw extended: the refusal discards everything up to Sync, as Postgres does.
     let mut raw = env.raw(&[]).await?;
     let replies = raw
-        .run(
-            Wire::new()
+        .exchange(
+            &Wire::new()
                 .parse("", "SELECT v FROM items", &[])
                 .bind("", "", &[])
                 .execute("", 0)
@@ -184,7 +135,7 @@ async fn no_context_is_refused_with_a_hint_and_the_connection_stays_usable() -> 
                 .bind("", "", &[])
                 .execute("", 0)
                 .sync(),
-            1,
+            Until::Ready(1),
         )
         .await?;
     let errors: Vec<&Reply> = replies
@@ -318,11 +269,10 @@ async fn token_source_binds_the_connection_and_bad_tokens_are_refused() -> Resul
         ensure!(sev == "FATAL", "{what}: refused with severity {sev:?}");
     }
     // The cleartext exchange itself, at the protocol level.
-    let params = [("user", TOKEN_USER), ("database", env.tdb.db.name.as_str())];
-    let mut raw = RawConn::connect(env.sentinel.port(), &params, &good).await?;
+    let mut raw = env.raw_token(&good).await?;
     let r = raw.query("SELECT count(*) FROM items").await?;
     ensure!(
-        reply_rows(&r) == vec![vec![Some(env.count("acme").await?.to_string())]],
+        reply_rows(&r) == vec![vec![Some(env.tdb.oracle_count("acme").await?.to_string())]],
         "raw token login: {r:?}"
     );
     Ok(())
@@ -391,6 +341,7 @@ async fn startup_source_only_from_trusted_networks_and_only_when_on() -> Result<
         untrusted.sentinel.port(),
         &params,
         &untrusted.tdb.db.password,
+        STEP_TIMEOUT,
     )
     .await?
     {
@@ -473,7 +424,7 @@ async fn startup_options_naming_the_setting_itself_are_not_a_back_door() -> Resu
 async fn comment_source_forms_and_lifetime() -> Result<()> {
     let env = start("tencomment", |c| c).await?;
     let c = env.plain().await?;
-    let acme = env.count("acme").await?;
+    let acme = env.tdb.oracle_count("acme").await?;
     for sql in [
         "/*tenant='acme'*/ SELECT count(*) FROM items",
         "SELECT count(*) FROM items /*tenant='acme'*/",
@@ -521,7 +472,7 @@ async fn comment_source_forms_and_lifetime() -> Result<()> {
         .await?
         .get(0);
     c.batch_execute("COMMIT").await?;
-    let globex = env.count("globex").await?;
+    let globex = env.tdb.oracle_count("globex").await?;
     ensure!(
         n == globex && m == globex,
         "tagged {n}, untagged {m}; globex has {globex}"
@@ -540,7 +491,7 @@ async fn comment_source_forms_and_lifetime() -> Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("multi-statement: {}", describe_error(&e)))?;
-    let initech = env.count("initech").await?.to_string();
+    let initech = env.tdb.oracle_count("initech").await?.to_string();
     let rows = simple_rows(&msgs);
     ensure!(
         rows == vec![
@@ -560,7 +511,7 @@ async fn comment_source_forms_and_lifetime() -> Result<()> {
 async fn comment_tenant_survives_rollback_to_an_earlier_savepoint() -> Result<()> {
     let env = start("tensavept", |c| c).await?;
     let c = env.plain().await?;
-    let acme = env.count("acme").await?;
+    let acme = env.tdb.oracle_count("acme").await?;
     c.batch_execute("BEGIN; SAVEPOINT before_tag").await?;
     let n: i64 = c
         .query_one("/*tenant='acme'*/ SELECT count(*) FROM items", &[])
@@ -596,7 +547,7 @@ async fn comment_key_is_configurable() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("/*tid='acme'*/: {}", describe_error(&e)))?
         .get(0);
-    ensure!(n == env.count("acme").await?, "tid=acme: {n}");
+    ensure!(n == env.tdb.oracle_count("acme").await?, "tid=acme: {n}");
     expect_context_required(
         "tenant= is not the key any more",
         c.simple_query("/*tenant='acme'*/ SELECT count(*) FROM items")
@@ -608,11 +559,11 @@ async fn comment_key_is_configurable() -> Result<()> {
 // === set ===
 
 /// Runs the same steps through Sentinel and straight to Postgres and compares every reply
-/// (notices by severity and SQLSTATE only).
+/// (errors and notices by severity and SQLSTATE only; ParameterStatus ignored).
 async fn compare_with_postgres(
-    env: &Env,
+    env: &TenancyEnv,
     name: &str,
-    steps: &[(Wire, usize)],
+    steps: &[Step],
 ) -> Result<Option<String>> {
     compare_with_postgres_as(env, name, steps, None).await
 }
@@ -620,50 +571,32 @@ async fn compare_with_postgres(
 /// [`compare_with_postgres`], logging in to Sentinel with this tenant token instead of as the
 /// app role.
 async fn compare_with_postgres_as(
-    env: &Env,
+    env: &TenancyEnv,
     name: &str,
-    steps: &[(Wire, usize)],
+    steps: &[Step],
     token: Option<&str>,
 ) -> Result<Option<String>> {
     let mut via = match token {
         None => env.raw(&[]).await?,
-        Some(token) => {
-            let params = [("user", TOKEN_USER), ("database", env.tdb.db.name.as_str())];
-            RawConn::connect(env.sentinel.port(), &params, token).await?
-        }
+        Some(token) => env.raw_token(token).await?,
     };
     let mut direct = env.raw_direct().await?;
-    for (i, (wire, readies)) in steps.iter().enumerate() {
-        let a = via
-            .run(wire.clone(), *readies)
-            .await
-            .with_context(|| format!("{name}, step {i} through Sentinel"))?;
-        let b = direct
-            .run(wire.clone(), *readies)
-            .await
-            .with_context(|| format!("{name}, step {i} straight to Postgres"))?;
-        let norm = |v: &[Reply]| -> Vec<Reply> {
-            v.iter()
-                .filter(|r| !matches!(r, Reply::ParamStatus(..)))
-                .map(Reply::codes_only)
-                .collect()
-        };
-        if norm(&a) != norm(&b) {
-            return Ok(Some(format!(
-                "- {name}, step {i}:\n    Sentinel: {a:?}\n    Postgres: {b:?}"
-            )));
-        }
-    }
-    Ok(None)
-}
-
-fn q(sql: &str) -> (Wire, usize) {
-    (Wire::new().query(sql), 1)
+    let a = via
+        .run(steps)
+        .await
+        .with_context(|| format!("{name}, through Sentinel"))?;
+    let b = direct
+        .run(steps)
+        .await
+        .with_context(|| format!("{name}, straight to Postgres"))?;
+    let norm = |r: &Reply| (!matches!(r, Reply::ParamStatus(..))).then(|| r.codes_only());
+    Ok(first_difference(&a, &b, norm).map(|diff| format!("- {name}: {diff}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_source_is_answered_exactly_like_postgres() -> Result<()> {
     let env = start("tensetreply", |c| c).await?;
+    let r1 = Until::Ready(1);
     let ext_set_config = Wire::new()
         .parse(
             "",
@@ -706,7 +639,7 @@ async fn set_source_is_answered_exactly_like_postgres() -> Result<()> {
         .describe_portal("")
         .execute("", 0)
         .sync();
-    let scripts: Vec<(&str, Vec<(Wire, usize)>)> = vec![
+    let scripts: Vec<(&str, Vec<Step>)> = vec![
         (
             "SET",
             vec![q("BEGIN"), q("SET app.tenant_id = 'acme'"), q("COMMIT")],
@@ -765,27 +698,32 @@ async fn set_source_is_answered_exactly_like_postgres() -> Result<()> {
         ),
         (
             "set_config with $1, unnamed statement",
-            vec![q("BEGIN"), (ext_set_config, 1), q("COMMIT")],
+            vec![q("BEGIN"), step(ext_set_config, r1), q("COMMIT")],
         ),
         (
             "set_config with $1, named statement described then executed twice",
             vec![
                 q("BEGIN"),
-                (named_prepare, 1),
-                (named_exec("acme"), 1),
+                step(named_prepare, r1),
+                step(named_exec("acme"), r1),
                 q("COMMIT"),
                 q("BEGIN"),
-                (named_exec("globex"), 1),
+                step(named_exec("globex"), r1),
                 q("COMMIT"),
             ],
         ),
         (
             "set_config with $1 declared text, named statement (tokio-postgres prepare_typed)",
-            vec![q("BEGIN"), (typed_prepare, 1), (typed_exec, 1), q("COMMIT")],
+            vec![
+                q("BEGIN"),
+                step(typed_prepare, r1),
+                step(typed_exec, r1),
+                q("COMMIT"),
+            ],
         ),
         (
             "SET in the extended protocol",
-            vec![q("BEGIN"), (ext_set, 1), q("COMMIT")],
+            vec![q("BEGIN"), step(ext_set, r1), q("COMMIT")],
         ),
     ];
     let mut mismatches = Vec::new();
@@ -811,7 +749,7 @@ async fn set_source_is_answered_exactly_like_postgres() -> Result<()> {
     c.batch_execute("BEGIN").await?;
     c.batch_execute("SET app.tenant_id = 'acme'").await?;
     let n = count_items(&c, "after SET in a transaction").await?;
-    ensure!(n == env.count("acme").await?, "after SET: {n}");
+    ensure!(n == env.tdb.oracle_count("acme").await?, "after SET: {n}");
     c.batch_execute("COMMIT").await?;
     assert_no_context(&c, "after COMMIT").await?;
     assert_no_context(&probe, "the probe").await?;
@@ -822,7 +760,7 @@ async fn set_source_is_answered_exactly_like_postgres() -> Result<()> {
 async fn set_source_under_transaction_scope() -> Result<()> {
     let env = start("tensettx", |c| c.tenancy_scope(TenancyScope::Transaction)).await?;
     let c = env.plain().await?;
-    let acme = env.count("acme").await?;
+    let acme = env.tdb.oracle_count("acme").await?;
 
     // In a block: lasts to COMMIT / ROLLBACK.
     for end in ["COMMIT", "ROLLBACK"] {
@@ -889,7 +827,10 @@ async fn set_source_under_session_scope() -> Result<()> {
                 assert_no_context(probe, &format!("probe during {what}")).await?;
             }
             let n = count_items(c, what).await?;
-            ensure!(n == env.count(tenant).await?, "{what}: count {n}");
+            ensure!(
+                n == env.tdb.oracle_count(tenant).await?,
+                "{what}: count {n}"
+            );
             anyhow::Ok(())
         }
     };
@@ -923,7 +864,7 @@ async fn set_source_under_session_scope() -> Result<()> {
         );
         let n = count_items(&c, "after the prepared set_config").await?;
         ensure!(
-            n == env.count(tenant).await?,
+            n == env.tdb.oracle_count(tenant).await?,
             "after set_config({tenant}): {n}"
         );
     }
@@ -971,7 +912,7 @@ async fn per_tenant_statement_timeout_applies_to_that_tenant_only() -> Result<()
         .await
         .map_err(|e| anyhow::anyhow!("globex: {}", describe_error(&e)))?
         .get(0);
-    ensure!(n == env.count("globex").await?, "globex: {n}");
+    ensure!(n == env.tdb.oracle_count("globex").await?, "globex: {n}");
     let t = simple_scalar(&c, "SELECT current_setting('statement_timeout')").await?;
     ensure!(
         t.as_deref() == Some("0"),
@@ -989,6 +930,7 @@ async fn per_tenant_statement_timeout_applies_to_that_tenant_only() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_application_is_invisible_to_the_client() -> Result<()> {
     let env = start("teninvis", |c| c).await?;
+    let r1 = Until::Ready(1);
     const EMPTY: &str = "SELECT count(*), max(v) FROM items WHERE false";
     let tagged = |sql: &str| format!("{sql} /*tenant='acme'*/");
     let ext = |sql: &str| {
@@ -1026,7 +968,7 @@ async fn tenant_application_is_invisible_to_the_client() -> Result<()> {
         q("SELECT current_setting('statement_timeout')"),
         q("COMMIT"),
     ];
-    let scripts: Vec<(&str, Vec<(Wire, usize)>)> = vec![
+    let scripts: Vec<(&str, Vec<Step>)> = vec![
         ("one tagged statement", vec![q(&tagged(EMPTY))]),
         (
             "a tagged multi-statement query",
@@ -1036,15 +978,18 @@ async fn tenant_application_is_invisible_to_the_client() -> Result<()> {
             "a transaction with a savepoint and an error",
             tx_with_savepoint.clone(),
         ),
-        ("the unnamed statement", vec![(ext(&tagged(EMPTY)), 1)]),
-        ("two Sync batches in one write", vec![(two_batches, 2)]),
+        ("the unnamed statement", vec![step(ext(&tagged(EMPTY)), r1)]),
+        (
+            "two Sync batches in one write",
+            vec![step(two_batches, Until::Ready(2))],
+        ),
         (
             "a named statement in two transactions",
             vec![
-                (named_prepare, 1),
-                (named_exec(), 1),
+                step(named_prepare, r1),
+                step(named_exec(), r1),
                 q("BEGIN"),
-                (named_exec(), 1),
+                step(named_exec(), r1),
                 q("COMMIT"),
             ],
         ),
@@ -1059,7 +1004,7 @@ async fn tenant_application_is_invisible_to_the_client() -> Result<()> {
     }
     // The same transaction on a token-bound connection (no tag needed there).
     let token = env.cfg.tenant_token("acme", None)?;
-    let bound: Vec<(Wire, usize)> = vec![
+    let bound: Vec<Step> = vec![
         q("BEGIN"),
         q(EMPTY),
         q("SAVEPOINT s1"),
@@ -1068,7 +1013,7 @@ async fn tenant_application_is_invisible_to_the_client() -> Result<()> {
         q(EMPTY),
         q("COMMIT"),
         q(EMPTY),
-        (ext(EMPTY), 1),
+        step(ext(EMPTY), r1),
     ];
     match compare_with_postgres_as(&env, "a token-bound connection", &bound, Some(&token)).await {
         Ok(None) => {}
