@@ -905,8 +905,8 @@ fn deep_nesting_never_overflows() {
     let negations = format!("SELECT {}1{}", "-(".repeat(n), ")".repeat(n));
     assert_eq!(kind(&negations), VerdictKind::Free);
 
-    // Nested subqueries, calls, operators and arrays are too deep for the parser or the
-    // protobuf decoder: refused as unparsable, never a crash.
+    // A thousand levels of subqueries, calls, operators or arrays are too deep for the parser
+    // (its stack depth limit, as in Postgres): refused as unparsable, never a crash.
     let deep = [
         format!(
             "SELECT {} FROM orders",
@@ -931,12 +931,19 @@ fn deep_nesting_never_overflows() {
         );
     }
 
-    // Moderate nesting still classifies.
-    let moderate = format!(
+    // What real generated SQL reaches classifies: the limits are the parser's own, not a
+    // fixed depth of the protobuf decoder (which stopped at 15 nested subqueries).
+    let nested = format!(
         "SELECT {} FROM orders",
-        "(SELECT ".repeat(10) + "1" + &")".repeat(10)
+        "(SELECT ".repeat(100) + "1" + &")".repeat(100)
     );
-    assert_eq!(kind(&moderate), VerdictKind::NeedsTenant);
+    assert_eq!(kind(&nested), VerdictKind::NeedsTenant);
+    let unions = vec!["SELECT id FROM orders"; 500].join(" UNION ALL ");
+    assert_eq!(kind(&unions), VerdictKind::NeedsTenant);
+    let chained = format!("SELECT {} FROM countries", vec!["id"; 150].join(" || "));
+    assert_eq!(kind(&chained), VerdictKind::Free);
+    let calls = format!("SELECT {}1{}", "abs(".repeat(150), ")".repeat(150));
+    assert_eq!(kind(&calls), VerdictKind::Free);
 }
 
 #[test]

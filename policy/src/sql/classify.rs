@@ -16,6 +16,18 @@ use super::walk::walk;
 /// statement order) > `TenantCommand` (only when it is the only statement) > `NeedsTenant` >
 /// `Free`. Never panics: a parser failure of any kind is `Unparsable`.
 pub fn classify(sql: &str, rules: &Rules) -> Verdict {
+    // Parsing, decoding the protobuf tree and copying it are recursive, one frame per level of
+    // nesting, and a query may nest thousands of levels deep (generated UNION ALLs, chained
+    // operators, nested subqueries). They run on a stack of their own, large enough for the
+    // deepest tree the parser accepts, instead of failing at a fixed depth or overflowing the
+    // caller's. The stack is mapped lazily: only the pages a deep tree touches are used.
+    stacker::grow(CLASSIFY_STACK_BYTES, || classify_here(sql, rules))
+}
+
+/// Stack for one classification (mapped, not committed, until used).
+const CLASSIFY_STACK_BYTES: usize = 32 << 20;
+
+fn classify_here(sql: &str, rules: &Rules) -> Verdict {
     let parsed = match catch_unwind(|| pg_query::parse(sql, 0)) {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(error)) => return unparsable(parse_error_message(error)),
@@ -140,9 +152,7 @@ fn parse_error_message(error: pg_query::Error) -> String {
     match error {
         pg_query::Error::Parse(message) => message,
         pg_query::Error::Conversion(_) => "the query text contains a zero byte".to_owned(),
-        pg_query::Error::Decode(_) => {
-            "the statement is nested too deeply for Sentinel to check".to_owned()
-        }
+        pg_query::Error::Decode(_) => "the statement could not be decoded for checking".to_owned(),
         _ => "the statement could not be checked".to_owned(),
     }
 }
