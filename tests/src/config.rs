@@ -486,6 +486,7 @@ impl SentinelConfig {
             .tenancy_sources(&["token", "startup", "comment", "set"])
             .tenancy_scope(TenancyScope::Transaction)
             .tenancy_comment_key("tenant")
+            .tenancy_signed_comments(false)
             .tenancy_global_tables(&[])
             .tenancy_bypass_users(&[])
             .tenancy_allow_do(false)
@@ -534,6 +535,11 @@ impl SentinelConfig {
     pub fn tenancy_comment_key(self, key: &str) -> Self {
         let value = toml_str(key);
         self.option("tenancy", "comment_key", &value)
+    }
+
+    /// `[tenancy] signed_comments`.
+    pub fn tenancy_signed_comments(self, on: bool) -> Self {
+        self.option("tenancy", "signed_comments", bool_str(on))
     }
 
     /// `[tenancy] global_tables`: `name` or `schema.name`.

@@ -556,6 +556,62 @@ async fn comment_key_is_configurable() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_comments_need_a_valid_token() -> Result<()> {
+    let env = start("tensigned", |c| c.tenancy_signed_comments(true)).await?;
+    let c = env.plain().await?;
+    let acme = env.cfg.tenant_token("acme", None)?;
+    let sql = format!("/*tenant_token='{acme}'*/ SELECT count(*) FROM items");
+    let n: i64 = c
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("signed acme tag: {}", describe_error(&e)))?
+        .get(0);
+    ensure!(
+        n == env.tdb.oracle_count("acme").await?,
+        "signed acme: {n} rows"
+    );
+    // A bare id is what injected text could write: refused once tags must be signed.
+    let e = expect_code(
+        "bare tag",
+        c.simple_query("/*tenant='acme'*/ SELECT count(*) FROM items")
+            .await,
+        "42501",
+    )?;
+    ensure!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("signed_comments")),
+        "bare tag: {}",
+        describe_error(&e)
+    );
+    // A forged, another environment's or an expired token: 28000.
+    let forged = format!("{}x", &acme[..acme.len() - 1]);
+    let expired = env.cfg.tenant_token("acme", Some(unix_now() - 60))?;
+    for (what, token) in [("forged", forged.as_str()), ("expired", expired.as_str())] {
+        let sql = format!("/*tenant_token='{token}'*/ SELECT count(*) FROM items");
+        expect_code(what, c.simple_query(&sql).await, "28000")?;
+    }
+    // Two valid tokens of different tenants in one transaction.
+    let globex = env.cfg.tenant_token("globex", None)?;
+    c.batch_execute("BEGIN").await?;
+    c.simple_query(&format!(
+        "/*tenant_token='{acme}'*/ SELECT count(*) FROM items"
+    ))
+    .await?;
+    expect_code(
+        "second tenant in the transaction",
+        c.simple_query(&format!(
+            "/*tenant_token='{globex}'*/ SELECT count(*) FROM items"
+        ))
+        .await,
+        "42501",
+    )?;
+    c.batch_execute("ROLLBACK").await?;
+    // Still usable.
+    expect_context_required("no tag", c.simple_query("SELECT count(*) FROM items").await)?;
+    Ok(())
+}
+
 // === set ===
 
 /// Runs the same steps through Sentinel and straight to Postgres and compares every reply

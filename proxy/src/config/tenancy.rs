@@ -65,6 +65,9 @@ pub struct TenancyConfig {
     pub scope: Scope,
     /// The sqlcommenter key that names the tenant (`/*tenant='acme'*/`).
     pub comment_key: String,
+    /// Comments must carry a tenant token (`/*tenant_token='stk1…'*/`, key `<comment_key>_token`)
+    /// instead of a bare id, so text injected into a query cannot name another tenant.
+    pub signed_comments: bool,
     /// Tables that hold no tenant data: `name` (any schema) or `schema.name`.
     pub global_tables: Vec<String>,
     /// Client users whose statements are not checked (migrations, admin jobs); each bypassed
@@ -95,6 +98,7 @@ impl Default for TenancyConfig {
             sources: vec![Source::Token, Source::Startup, Source::Comment, Source::Set],
             scope: Scope::Transaction,
             comment_key: DEFAULT_TENANT_KEY.to_owned(),
+            signed_comments: false,
             global_tables: Vec::new(),
             bypass_users: Vec::new(),
             allow_do: false,

@@ -121,7 +121,8 @@ impl PgShared {
                 }
             }
         }
-        let tenancy = Arc::new(tenancy::Tenancy::new(&config.tenancy).context("tenancy")?);
+        let tenancy =
+            Arc::new(tenancy::Tenancy::new(&config.tenancy, secrets.clone()).context("tenancy")?);
         Ok(PgShared {
             tenancy,
             users,

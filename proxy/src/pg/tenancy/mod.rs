@@ -19,11 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use sentinel_policy::sql::{Rules, Verdict, VerdictCache, VerdictKind};
 use sentinel_policy::tenant::{
-    SetScope, TenantContext, TenantId, TenantIdPattern, tenant_id_from_comments,
+    SetScope, TenantContext, TenantId, TenantIdPattern, tenant_id_from_comments, tenant_tag,
 };
 
 use crate::config::{Scope, Source, TenancyConfig};
+use crate::secrets::Secrets;
 pub use refusal::Refusal;
+use sentinel_policy::keys::verify_tenant_token;
 
 /// A statement's verdict and the tenant its comment names, looked up once per statement text.
 #[derive(Debug, Clone)]
@@ -44,13 +46,17 @@ pub struct Tenancy {
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     pub bypassed: AtomicU64,
     last_stats: Mutex<Option<Stats>>,
+    /// The comment key of a signed tenant tag (`<comment_key>_token`).
+    token_key: String,
+    /// Verifies signed tags.
+    secrets: Arc<Secrets>,
 }
 
 /// Cache hits, misses, bypassed statements and refusals, as last logged.
 type Stats = (u64, u64, u64, BTreeMap<&'static str, u64>);
 
 impl Tenancy {
-    pub fn new(config: &TenancyConfig) -> anyhow::Result<Tenancy> {
+    pub fn new(config: &TenancyConfig, secrets: Arc<Secrets>) -> anyhow::Result<Tenancy> {
         let pattern = config.id_pattern()?;
         let rules = Rules {
             tenant_setting: config.setting.clone(),
@@ -74,6 +80,8 @@ impl Tenancy {
             refusals: Mutex::new(BTreeMap::new()),
             bypassed: AtomicU64::new(0),
             last_stats: Mutex::new(None),
+            token_key: format!("{}_token", config.comment_key),
+            secrets,
         })
     }
 
@@ -105,12 +113,38 @@ impl Tenancy {
             _ => {}
         }
         let tag = if self.config.allows(Source::Comment) {
-            tenant_id_from_comments(sql, &self.config.comment_key, &self.pattern)
-                .map_err(Refusal::Tag)?
+            self.comment_tenant(sql)?
         } else {
             None
         };
         Ok(Checked { verdict, tag })
+    }
+
+    /// The tenant a statement's comments name: a bare id, or with `signed_comments` a tenant
+    /// token (whose signature and expiry are checked here, on every statement).
+    fn comment_tenant(&self, sql: &str) -> Result<Option<TenantId>, Refusal> {
+        if !self.config.signed_comments {
+            return tenant_id_from_comments(sql, &self.config.comment_key, &self.pattern)
+                .map_err(Refusal::Tag);
+        }
+        if tenant_tag(sql, &self.config.comment_key)
+            .map_err(Refusal::Tag)?
+            .is_some()
+        {
+            return Err(Refusal::UnsignedTag);
+        }
+        let Some(token) = tenant_tag(sql, &self.token_key).map_err(Refusal::Tag)? else {
+            return Ok(None);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = verify_tenant_token(self.secrets.keyring(), self.secrets.salt(), &token, now)
+            .map_err(|e| {
+                tracing::info!(reason = e.label(), "tenant token in a comment refused");
+                Refusal::BadCommentToken
+            })?;
+        self.parse_tenant(&claims.tenant).map(Some)
     }
 
     pub fn parse_tenant(&self, value: &str) -> Result<TenantId, Refusal> {
@@ -207,6 +241,10 @@ fn hint(config: &TenancyConfig) -> String {
     sources.dedup();
     for source in &sources {
         ways.push(match source {
+            Source::Comment if config.signed_comments => format!(
+                "a sqlcommenter tag /*{}_token='<token from sentinel token issue>'*/ in the query",
+                config.comment_key
+            ),
             Source::Comment => format!(
                 "a sqlcommenter tag such as /*{}='<tenant>'*/ in the query",
                 config.comment_key

@@ -20,6 +20,10 @@ pub enum Refusal {
     Tag(TenantError),
     /// A tenant id the pattern refuses.
     InvalidTenant,
+    /// A bare tenant tag while `signed_comments` is on.
+    UnsignedTag,
+    /// A tenant token in a comment that is malformed, forged or expired.
+    BadCommentToken,
     /// `SET` of the tenant while the `set` source is switched off.
     SetSourceOff,
     /// A tenant from a source that is off or not trusted here (login).
@@ -40,12 +44,15 @@ impl Refusal {
             | Refusal::Forbidden(_)
             | Refusal::Context(_)
             | Refusal::SetSourceOff
+            | Refusal::UnsignedTag
             | Refusal::StartupRole
             | Refusal::FunctionCall
             | Refusal::TenantAfterTransactionEnd => "42501",
             Refusal::Unparsable(_) => "42601",
             Refusal::Tag(e) => e.sqlstate().unwrap_or("42501"),
-            Refusal::InvalidTenant | Refusal::SourceRefused(_) => "28000",
+            Refusal::InvalidTenant | Refusal::SourceRefused(_) | Refusal::BadCommentToken => {
+                "28000"
+            }
         }
     }
 
@@ -57,6 +64,10 @@ impl Refusal {
             Refusal::Context(e) => e.to_string().into(),
             Refusal::Tag(e) => e.to_string().into(),
             Refusal::InvalidTenant => "invalid tenant id".into(),
+            Refusal::UnsignedTag => "tenancy.signed_comments is on: a comment must carry a tenant \
+                                     token (tenant_token='...'), not a bare tenant id"
+                .into(),
+            Refusal::BadCommentToken => "invalid or expired tenant token in a comment".into(),
             Refusal::SetSourceOff => {
                 "setting the tenant with SET or set_config is switched off (tenancy.sources)".into()
             }
@@ -83,6 +94,8 @@ impl Refusal {
             Refusal::Context(e) => e.label(),
             Refusal::Tag(e) => e.label(),
             Refusal::InvalidTenant => "invalid_tenant_id",
+            Refusal::UnsignedTag => "unsigned_tag",
+            Refusal::BadCommentToken => "bad_comment_token",
             Refusal::SetSourceOff => "set_source_off",
             Refusal::SourceRefused(_) => "source_refused",
             Refusal::StartupRole => "startup_role",
