@@ -97,12 +97,15 @@ impl Session {
             | Action::RefuseExtended((refusal, fingerprint))
                 if !self.shared.tenancy.config.enforce =>
             {
-                // Report-only: counted and logged as a refusal, then run as sent.
+                // Report-only: counted and logged as a refusal, then run as sent. What it does
+                // to the server connection is unknown (a session set_config of the tenant, say):
+                // reset it before another client gets it.
                 self.shared
                     .tenancy
                     .reported(&refusal, fingerprint, &self.user);
                 self.next_prefix = None;
                 self.next_inject = None;
+                self.dirty.session = true;
                 Action::Pass
             }
             other => other,

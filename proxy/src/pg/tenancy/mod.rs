@@ -26,6 +26,7 @@ use crate::config::{Scope, Source, TenancyConfig};
 use crate::secrets::Secrets;
 pub use refusal::Refusal;
 use sentinel_policy::keys::verify_tenant_token;
+use state::Refused;
 
 /// A statement's verdict and the tenant its comment names, looked up once per statement text.
 #[derive(Debug, Clone)]
@@ -99,21 +100,26 @@ impl Tenancy {
     }
 
     /// Classifies a statement text and reads its tenant tag. Statements that can never run
-    /// (unparsable, forbidden) are refused here.
-    pub fn check(&self, sql: &str) -> Result<Checked, Refusal> {
+    /// (unparsable, forbidden) are refused here, with the fingerprint of the text (0 when it
+    /// does not parse).
+    pub fn check(&self, sql: &str) -> Result<Checked, Refused> {
         let verdict = self.verdicts.verdict(sql);
+        let refuse = |refusal| Err((refusal, verdict.fingerprint));
         match &verdict.kind {
             VerdictKind::Unparsable { message, .. } => {
-                return Err(Refusal::Unparsable(message.clone()));
+                return refuse(Refusal::Unparsable(message.clone()));
             }
-            VerdictKind::Forbidden(reason) => return Err(Refusal::Forbidden(*reason)),
+            VerdictKind::Forbidden(reason) => return refuse(Refusal::Forbidden(*reason)),
             VerdictKind::TenantCommand(_) if !self.config.allows(Source::Set) => {
-                return Err(Refusal::SetSourceOff);
+                return refuse(Refusal::SetSourceOff);
             }
             _ => {}
         }
         let tag = if self.config.allows(Source::Comment) {
-            self.comment_tenant(sql)?
+            match self.comment_tenant(sql) {
+                Ok(tag) => tag,
+                Err(refusal) => return refuse(refusal),
+            }
         } else {
             None
         };

@@ -78,7 +78,7 @@ impl TenantState {
         self.unnamed_local = None;
         self.unnamed_checked = None;
         self.portals.remove("");
-        let checked = self.tenancy.check(sql).map_err(|r| (r, 0))?;
+        let checked = self.tenancy.check(sql)?;
         let verdict = checked.verdict.clone();
         let fp = verdict.fingerprint;
         if let VerdictKind::TenantCommand(command) = &verdict.kind {
@@ -178,7 +178,16 @@ impl TenantState {
         sql: &str,
         param_types: &[u8],
     ) -> Result<Option<BytesMut>, Refused> {
-        let checked = self.tenancy.check(sql).map_err(|r| (r, 0))?;
+        // Whatever this Parse turns out to be, it replaces the statement of that name: a later
+        // Bind must never be judged by the check of the one before.
+        if name.is_empty() {
+            self.unnamed_local = None;
+            self.unnamed_checked = None;
+        } else {
+            self.locals.remove(name);
+            self.checked.remove(name);
+        }
+        let checked = self.tenancy.check(sql)?;
         if let VerdictKind::TenantCommand(command) = &checked.verdict.kind {
             // The count (2 bytes) comes first, then one oid per parameter.
             let types = param_types
