@@ -571,6 +571,29 @@ async fn signed_comments_need_a_valid_token() -> Result<()> {
         n == env.tdb.oracle_count("acme").await?,
         "signed acme: {n} rows"
     );
+    // The server never sees the token (others of the role could read it in pg_stat_activity),
+    // in either protocol; the rest of the text arrives unchanged.
+    let seen_simple = simple_scalar(
+        &c,
+        &format!("/*tenant_token='{acme}'*/ SELECT current_query() FROM items LIMIT 1"),
+    )
+    .await?
+    .unwrap_or_default();
+    let seen_extended: String = c
+        .query_one(
+            &format!(
+                "SELECT current_query() FROM items WHERE id > $1 LIMIT 1 /*tenant_token='{acme}'*/"
+            ),
+            &[&0i32],
+        )
+        .await?
+        .get(0);
+    for seen in [&seen_simple, &seen_extended] {
+        ensure!(
+            !seen.contains("stk1") && seen.contains("SELECT current_query() FROM items"),
+            "the server saw {seen:?}"
+        );
+    }
     // A bare id is what injected text could write: refused once tags must be signed.
     let e = expect_code(
         "bare tag",

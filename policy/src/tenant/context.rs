@@ -105,6 +105,11 @@ impl TenantContext {
     ) -> Result<Option<TenantId>, ContextError> {
         if let Some(tag) = tag {
             self.check_switch(tag)?;
+            // A session tenant is the tenant of every transaction that names no other: a tag
+            // naming another one puts two tenants in the app's hands at once, a bug to refuse.
+            if self.transaction.is_none() && self.session.as_ref().is_some_and(|s| s != tag) {
+                return Err(ContextError::TwoTenants);
+            }
         }
         let tenant = match tag {
             Some(tag) => Some(tag.clone()),
@@ -240,6 +245,13 @@ mod tests {
         let mut c = TenantContext::new(None, SetScope::Session);
         assert_eq!(c.set(t("a"), false, false), Ok(SetOutcome::Applied));
         assert_eq!(c.for_statement(None), Ok(Some(t("a"))));
+        c.end_transaction();
+        // A tag for another tenant than the session's is refused; the same one is fine.
+        assert_eq!(
+            c.for_statement(Some(&t("b"))),
+            Err(ContextError::TwoTenants)
+        );
+        assert_eq!(c.for_statement(Some(&t("a"))), Ok(Some(t("a"))));
         c.end_transaction();
         // A new transaction may take another tenant.
         assert_eq!(c.set(t("b"), false, false), Ok(SetOutcome::Applied));

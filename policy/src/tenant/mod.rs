@@ -43,4 +43,4 @@ pub use context::{ContextError, SetOutcome, SetScope, TenantContext};
 pub use error::{TenantError, Unterminated};
 pub use id::{DEFAULT_TENANT_ID_PATTERN, MAX_TENANT_ID_LEN, TenantId, TenantIdPattern};
 pub use lex::{Comment, CommentKind, Comments, block_comments, comments, mask_constants};
-pub use strip::strip_comments;
+pub use strip::{blank_tagged_comments, strip_comments};

@@ -3,7 +3,8 @@
 
 use std::borrow::Cow;
 
-use super::lex::comments;
+use super::comment::tenant_tag;
+use super::lex::{CommentKind, comments};
 
 /// `query` with its top-level block and line comments removed and everything else byte for byte
 /// the same. A removed comment leaves one space where the bytes on both sides would otherwise
@@ -80,9 +81,57 @@ fn first_non_ws(bytes: &[u8]) -> Option<u8> {
     bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
+/// `query` with every block comment that carries a `key` tag overwritten with spaces, one per
+/// character, so nothing else moves (error positions, which count characters, stay right). `None` when there is no such
+/// comment, or the text does not lex. For tenant tokens in comments: once checked, they must
+/// not reach the server, where other sessions of the same role could read them in
+/// `pg_stat_activity` and replay them.
+pub fn blank_tagged_comments(query: &str, key: &str) -> Option<String> {
+    let mut spans = Vec::new();
+    for comment in comments(query) {
+        let comment = comment.ok()?;
+        let text = query.get(comment.span.clone())?;
+        if comment.kind == CommentKind::Block && matches!(tenant_tag(text, key), Ok(Some(_))) {
+            spans.push(comment.span);
+        }
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(query.len());
+    let mut kept = 0;
+    for span in spans {
+        out.push_str(query.get(kept..span.start)?);
+        let chars = query.get(span.clone())?.chars().count();
+        out.extend(std::iter::repeat_n(' ', chars));
+        kept = span.end;
+    }
+    out.push_str(query.get(kept..)?);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tagged_comments_are_blanked_in_place() {
+        let q = "SELECT 1 /*action='x',tenant_token='stk1.a.0.k1.mac'*/ FROM t /*route='y'*/";
+        let b = blank_tagged_comments(q, "tenant_token").expect("blanked");
+        assert_eq!(b.chars().count(), q.chars().count());
+        assert!(!b.contains("stk1"));
+        assert!(b.contains("/*route='y'*/"));
+        assert!(b.starts_with("SELECT 1 ") && b.contains(" FROM t "));
+        assert_eq!(
+            blank_tagged_comments("SELECT 1 /*tenant='a'*/", "tenant_token"),
+            None
+        );
+        // In a string it is data, not a comment.
+        assert_eq!(
+            blank_tagged_comments("SELECT '/*tenant_token=''x''*/'", "tenant_token"),
+            None
+        );
+    }
 
     #[test]
     fn removes_comments() {

@@ -361,16 +361,23 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
-        let msg = FrontendMessage::parse(&frame)?;
-        if self.tenant.is_some() {
-            if self.tenancy_gate(&msg) {
-                return Ok(Flow::Continue);
-            }
-        } else if self.bypass
-            && let FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } = &msg
+        let mut redacted = None;
         {
-            self.shared.tenancy.bypass(sql, &self.user);
+            let msg = FrontendMessage::parse(&frame)?;
+            if self.tenant.is_some() {
+                if self.tenancy_gate(&msg) {
+                    return Ok(Flow::Continue);
+                }
+                redacted = self.redacted(&msg)?;
+            } else if self.bypass
+                && let FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } = &msg
+            {
+                self.shared.tenancy.bypass(sql, &self.user);
+            }
         }
+        // From here on the message is the one the server may see.
+        let frame = redacted.unwrap_or(frame);
+        let msg = FrontendMessage::parse(&frame)?;
         match &msg {
             FrontendMessage::Terminate => return Ok(Flow::Close),
             FrontendMessage::Password(_) => {

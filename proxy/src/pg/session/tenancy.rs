@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sentinel_policy::tenant::TenantId;
-use sentinel_wire::{Frame, FrontendMessage, TransactionStatus, encode, tag};
+use sentinel_wire::{Frame, FrontendMessage, TransactionStatus, decode_frame, encode, tag};
 
 use super::{Pending, Session};
+use crate::pg::error::PgResult;
 use crate::pg::tenancy::state::{QueryPlan, Refused, TenantState};
 use crate::pg::tenancy::{Refusal, inject};
 
@@ -133,6 +134,29 @@ impl Session {
             }
         }
         true
+    }
+
+    /// A Query or Parse whose text carries signed tenant tokens, rebuilt with those comments
+    /// blanked out: checked, they have done their job, and on the server other sessions of the
+    /// same role could read them in `pg_stat_activity` and replay them.
+    pub(super) fn redacted(&self, msg: &FrontendMessage<'_>) -> PgResult<Option<Frame>> {
+        let mut buf = BytesMut::new();
+        match msg {
+            FrontendMessage::Query { sql } => match self.shared.tenancy.redact(sql) {
+                Some(text) => encode::query(&mut buf, &text),
+                None => return Ok(None),
+            },
+            FrontendMessage::Parse {
+                name,
+                sql,
+                param_types,
+            } => match self.shared.tenancy.redact(sql) {
+                Some(text) => encode::parse_raw_types(&mut buf, name, &text, param_types),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+        Ok(decode_frame(&mut buf, usize::MAX)?)
     }
 
     /// Refuses a simple Query (or function call) for tenancy: the error, then ReadyForQuery.

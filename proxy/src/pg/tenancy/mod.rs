@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use sentinel_policy::sql::{Rules, Verdict, VerdictCache, VerdictKind};
 use sentinel_policy::tenant::{
-    SetScope, TenantContext, TenantId, TenantIdPattern, tenant_id_from_comments, tenant_tag,
+    SetScope, TenantContext, TenantId, TenantIdPattern, blank_tagged_comments,
+    tenant_id_from_comments, tenant_tag,
 };
 
 use crate::config::{Scope, Source, TenancyConfig};
@@ -151,6 +152,15 @@ impl Tenancy {
                 Refusal::BadCommentToken
             })?;
         self.parse_tenant(&claims.tenant).map(Some)
+    }
+
+    /// With `signed_comments`, the text with the comments that carry tenant tokens blanked out
+    /// (same length: positions do not move); `None` when there is nothing to blank.
+    pub fn redact(&self, sql: &str) -> Option<String> {
+        if !self.config.signed_comments {
+            return None;
+        }
+        blank_tagged_comments(sql, &self.token_key)
     }
 
     pub fn parse_tenant(&self, value: &str) -> Result<TenantId, Refusal> {
