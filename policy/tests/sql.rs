@@ -366,6 +366,17 @@ fn refusals_in_every_spelling() {
             "SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases')",
             No(F::DynamicSql),
         ),
+        // The string syntax the classifier reads with
+        ("SET standard_conforming_strings = off", No(F::StringSyntax)),
+        (
+            "SET LOCAL standard_conforming_strings TO on",
+            No(F::StringSyntax),
+        ),
+        (
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            No(F::StringSyntax),
+        ),
+        ("RESET standard_conforming_strings", No(F::StringSyntax)),
         // Sentinel's own server-side statement names
         ("EXECUTE sentinel_tenant('other')", No(F::ReservedName)),
         ("EXECUTE SENTINEL_tenant('other')", No(F::ReservedName)),
@@ -689,6 +700,7 @@ fn every_forbidden_reason_is_covered_by_the_table() {
         "SELECT query_to_xml('x', true, true, '')",
         "EXECUTE sentinel_tenant('x')",
         "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
+        "SET standard_conforming_strings = off",
     ];
     let strict = Rules {
         allow_functions: false,
@@ -828,12 +840,18 @@ fn session_state() {
 
 #[test]
 fn transaction_effects() {
-    let tx = |sql: &str| verdict(sql).tx;
-    let t = |begins, ends, rolls_back_to_savepoint, tenant_after_end| TxEffects {
-        begins,
-        ends,
-        rolls_back_to_savepoint,
-        tenant_after_end,
+    // control_only and resets_settings are checked on their own below.
+    let tx = |sql: &str| {
+        let e: TxEffects = verdict(sql).tx;
+        (
+            e.begins,
+            e.ends,
+            e.rolls_back_to_savepoint,
+            e.tenant_after_end,
+        )
+    };
+    let t = |begins, ends, rolls_back_to_savepoint, tenant_after_end| {
+        (begins, ends, rolls_back_to_savepoint, tenant_after_end)
     };
     assert_eq!(tx("BEGIN"), t(true, false, false, false));
     assert_eq!(
@@ -1107,4 +1125,40 @@ fn cache_shares_plain_dml_across_constants_but_not_set_config() {
     assert_ne!(set_a.kind, set_b.kind);
     let strict = cache.verdict("VACUUM (PARALLEL 0) orders");
     assert!(strict.constants_matter);
+}
+
+#[test]
+fn transaction_control_and_what_undoes_the_tenant() {
+    for sql in [
+        "BEGIN",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "START TRANSACTION READ ONLY",
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SAVEPOINT s",
+        "COMMIT",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        assert!(verdict(sql).tx.control_only, "{sql}");
+    }
+    for sql in [
+        "SELECT 1",
+        "BEGIN; SELECT 1",
+        "SET work_mem = '1MB'",
+        "SET app.tenant_id = 'a'",
+    ] {
+        assert!(!verdict(sql).tx.control_only, "{sql}");
+    }
+    assert!(verdict("RESET ALL").tx.resets_settings);
+    for sql in [
+        "ROLLBACK TO s; SELECT * FROM orders",
+        "RESET ALL; SELECT * FROM orders",
+        "COMMIT; SELECT * FROM orders",
+    ] {
+        assert!(verdict(sql).tx.tenant_after_end, "{sql}");
+    }
+    assert!(
+        !verdict("SELECT * FROM orders; ROLLBACK TO s")
+            .tx
+            .tenant_after_end
+    );
 }

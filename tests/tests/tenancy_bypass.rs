@@ -1351,6 +1351,30 @@ async fn bypass_users_pass_untouched() -> Result<()> {
         "the app role beside a bypass user",
         app.simple_query("SELECT count(*) FROM items").await,
     )?;
+
+    // A session-level tenant a bypass user sets never reaches the next client of the pool: every
+    // server connection it used is reset before it is reused.
+    m.simple_query("SELECT set_config('app.tenant_id', 'acme', false)")
+        .await
+        .map_err(|e| anyhow::anyhow!("bypass user, session set_config: {}", describe_error(&e)))?;
+    for i in 0..4 {
+        let c = tdb.plain(&sentinel).await?;
+        let msgs = c
+            .simple_query(
+                "BEGIN; SELECT coalesce(current_setting('app.tenant_id', true), ''); COMMIT",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("app client {i}: {}", describe_error(&e)))?;
+        let seen = simple_rows(&msgs)
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .flatten();
+        ensure!(
+            seen.as_deref() == Some(""),
+            "app client {i} after the bypass user sees the tenant setting {seen:?}"
+        );
+    }
     Ok(())
 }
 

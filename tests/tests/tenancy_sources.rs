@@ -635,6 +635,83 @@ async fn signed_comments_need_a_valid_token() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_could_drop_or_misplace_the_tenant() -> Result<()> {
+    let env = start("tenreview", |c| c).await?;
+    let c = env.plain().await?;
+    // A refused query leaves nothing behind: its tag does not become the next one's tenant.
+    expect_code(
+        "a tenant statement after COMMIT in one text",
+        c.simple_query("COMMIT; /*tenant='acme'*/ SELECT count(*) FROM items")
+            .await,
+        "42501",
+    )?;
+    expect_context_required(
+        "the next query, without a tag",
+        c.simple_query("SELECT count(*) FROM items").await,
+    )?;
+    // ROLLBACK TO or RESET ALL undo the tenant: what needs it after them in the same text is
+    // refused, and a statement sent after them gets the tenant again.
+    c.batch_execute("BEGIN; SAVEPOINT s").await?;
+    c.simple_query("/*tenant='acme'*/ SELECT count(*) FROM items")
+        .await?;
+    expect_code(
+        "a tenant statement after ROLLBACK TO in one text",
+        c.simple_query("ROLLBACK TO s; SELECT count(*) FROM items")
+            .await,
+        "42501",
+    )?;
+    c.batch_execute("ROLLBACK").await?;
+    c.batch_execute("BEGIN; SAVEPOINT s").await?;
+    c.simple_query("/*tenant='acme'*/ SELECT count(*) FROM items")
+        .await?;
+    c.batch_execute("ROLLBACK TO s").await?;
+    c.batch_execute("RESET ALL").await?;
+    let n = count_items(
+        &c,
+        "after ROLLBACK TO and RESET ALL, in the same transaction",
+    )
+    .await?;
+    ensure!(
+        n == env.tdb.oracle_count("acme").await?,
+        "after ROLLBACK TO and RESET ALL the transaction's tenant sees {n} rows"
+    );
+    c.batch_execute("COMMIT").await?;
+
+    // A connection bound to a tenant can still choose its isolation level: nothing runs before
+    // BEGIN … ISOLATION LEVEL or SET TRANSACTION.
+    let token = env.cfg.tenant_token("globex", None)?;
+    let mut b = env.tdb.token(&env.sentinel, TOKEN_USER, &token).await?;
+    for begin in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ] {
+        b.batch_execute(begin)
+            .await
+            .map_err(|e| anyhow::anyhow!("{begin}: {}", describe_error(&e)))?;
+        let level = simple_scalar(&b, "SHOW transaction_isolation").await?;
+        ensure!(
+            level.as_deref() != Some("read committed"),
+            "{begin}: the level is {level:?}"
+        );
+        let n = count_items(&b, begin).await?;
+        ensure!(
+            n == env.tdb.oracle_count("globex").await?,
+            "{begin}: {n} rows"
+        );
+        b.batch_execute("COMMIT").await?;
+    }
+    let t = b
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+        .start()
+        .await;
+    let t =
+        t.map_err(|e| anyhow::anyhow!("build_transaction serializable: {}", describe_error(&e)))?;
+    t.commit().await?;
+    Ok(())
+}
+
 // === set ===
 
 /// Runs the same steps through Sentinel and straight to Postgres and compares every reply

@@ -143,6 +143,8 @@ pub(super) fn setting_write(name: &str, rules: &Rules) -> Option<Forbidden> {
         Some(Forbidden::SetRole)
     } else if name.eq_ignore_ascii_case("session_authorization") {
         Some(Forbidden::SessionAuthorization)
+    } else if name.eq_ignore_ascii_case("standard_conforming_strings") {
+        Some(Forbidden::StringSyntax)
     } else {
         None
     }

@@ -39,7 +39,10 @@ fn classify_here(sql: &str, rules: &Rules) -> Verdict {
         .and_then(Result::ok)
         .map_or(0, |f| f.value);
 
-    let mut acc = Accumulator::default();
+    let mut acc = Accumulator {
+        control_only: !stmts.is_empty(),
+        ..Accumulator::default()
+    };
     let multi = stmts.len() > 1;
     for raw in stmts {
         let Ok(tree) = to_tree(&raw.stmt) else {
@@ -51,6 +54,7 @@ fn classify_here(sql: &str, rules: &Rules) -> Verdict {
 
         if let Some(command) = tenant_command::recognize(stmt, rules) {
             acc.constants_matter = true;
+            acc.control_only = false;
             if multi {
                 acc.forbid(Forbidden::TenantSettingInMultiStatement);
             }
@@ -72,7 +76,7 @@ fn classify_here(sql: &str, rules: &Rules) -> Verdict {
         acc.constants_matter |= !plain_dml || facts.calls_set_config;
         if facts.needs_tenant {
             acc.needs_tenant = true;
-            if acc.tx.ends {
+            if acc.tx.ends || acc.tx.rolls_back_to_savepoint || acc.tx.resets_settings {
                 acc.tx.tenant_after_end = true;
             }
         }
@@ -85,6 +89,8 @@ fn classify_here(sql: &str, rules: &Rules) -> Verdict {
         acc.tx.begins |= top.begins;
         acc.tx.ends |= top.ends;
         acc.tx.rolls_back_to_savepoint |= top.rolls_back_to_savepoint;
+        acc.tx.resets_settings |= top.resets_settings;
+        acc.control_only &= top.control_only;
     }
 
     let kind = if let Some(reason) = acc.forbidden {
@@ -106,7 +112,10 @@ fn classify_here(sql: &str, rules: &Rules) -> Verdict {
         statements: stmts.len(),
         no_transaction_block: acc.no_transaction_block,
         session_state: acc.session_state,
-        tx: acc.tx,
+        tx: TxEffects {
+            control_only: acc.control_only,
+            ..acc.tx
+        },
         constants_matter: acc.constants_matter,
     }
 }
@@ -122,6 +131,7 @@ struct Accumulator {
     session_state: bool,
     tx: TxEffects,
     constants_matter: bool,
+    control_only: bool,
 }
 
 impl Accumulator {

@@ -50,11 +50,14 @@ pub enum Forbidden {
     ReservedName,
     /// `CREATE [OR REPLACE] FUNCTION|PROCEDURE`, unless the rules allow them.
     FunctionDefinition,
+    /// A change of `standard_conforming_strings`: with it off, the server would read string
+    /// literals (`'a\'…'`) differently from the classifier, which assumes it on.
+    StringSyntax,
 }
 
 impl Forbidden {
     /// Every variant, for exhaustive tests and metric registration.
-    pub const ALL: [Forbidden; 17] = [
+    pub const ALL: [Forbidden; 18] = [
         Forbidden::SetRole,
         Forbidden::SessionAuthorization,
         Forbidden::TenantSettingWrite,
@@ -72,6 +75,7 @@ impl Forbidden {
         Forbidden::DynamicSql,
         Forbidden::ReservedName,
         Forbidden::FunctionDefinition,
+        Forbidden::StringSyntax,
     ];
 
     /// The SQLSTATE to answer with: `42501` (insufficient privilege) for all of them.
@@ -130,6 +134,9 @@ impl Forbidden {
             Forbidden::ReservedName => {
                 "prepared statement names starting with sentinel_ are reserved for Sentinel's own statements"
             }
+            Forbidden::StringSyntax => {
+                "standard_conforming_strings cannot be changed through Sentinel: it decides how string literals are read, and Sentinel checks statements as Postgres reads them with it on"
+            }
             Forbidden::FunctionDefinition => {
                 "CREATE FUNCTION and CREATE PROCEDURE are not allowed through Sentinel: a function body cannot be checked for tenant context changes (create functions as a bypass user, or set tenancy.allow_functions)"
             }
@@ -156,6 +163,7 @@ impl Forbidden {
             Forbidden::DynamicSql => "dynamic_sql",
             Forbidden::ReservedName => "reserved_name",
             Forbidden::FunctionDefinition => "function_definition",
+            Forbidden::StringSyntax => "string_syntax",
         }
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct StatementFacts {
     pub(super) rolls_back_to_savepoint: bool,
     pub(super) no_transaction_block: bool,
     pub(super) session_state: bool,
+    pub(super) resets_settings: bool,
+    pub(super) control_only: bool,
 }
 
 /// Reads the facts of the top-level statement `stmt`.
@@ -30,6 +32,14 @@ pub(super) fn facts(stmt: &Struct) -> StatementFacts {
     let mut facts = StatementFacts {
         no_transaction_block: no_transaction_block(stmt),
         session_state: session_state(stmt),
+        resets_settings: stmt.name == "VariableSetStmt"
+            && stmt.int("kind") == i64::from(VariableSetKind::VarResetAll as i32),
+        control_only: stmt.name == "TransactionStmt"
+            || (stmt.name == "VariableSetStmt"
+                && stmt
+                    .str("name")
+                    .get(..11)
+                    .is_some_and(|n| n.eq_ignore_ascii_case("transaction"))),
         ..StatementFacts::default()
     };
     if stmt.name == "TransactionStmt" {
@@ -128,7 +138,8 @@ fn session_state(stmt: &Struct) -> bool {
                 .starts_with("TRANSACTION");
             sets && !stmt.bool("is_local") && !transaction_only
         }
-        "ListenStmt" | "PrepareStmt" | "LoadStmt" => true,
+        // A DO block (with allow_do) may set anything for the session.
+        "ListenStmt" | "PrepareStmt" | "LoadStmt" | "DoStmt" => true,
         "DeclareCursorStmt" => stmt.int("options") & CURSOR_OPT_HOLD != 0,
         _ => false,
     }

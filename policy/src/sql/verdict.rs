@@ -106,8 +106,15 @@ pub struct TxEffects {
     /// savepoint.
     pub rolls_back_to_savepoint: bool,
     /// In a multi-statement text, a statement that needs a tenant comes after one that ends a
-    /// transaction: the context injected at the start does not cover it.
+    /// transaction, rolls back to a savepoint or resets every setting: the context injected at
+    /// the start does not cover it.
     pub tenant_after_end: bool,
+    /// A `RESET ALL` appears: it resets the tenant setting on the server too.
+    pub resets_settings: bool,
+    /// Every statement is transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`, `SET TRANSACTION`,
+    /// …): nothing may run before it in its transaction (an isolation level must be set before
+    /// the first query), and it reads no tenant data.
+    pub control_only: bool,
 }
 
 /// What kind of text it is, in order of precedence (first wins when statements disagree):

@@ -175,6 +175,12 @@ impl TenantContext {
         Ok(SetOutcome::Applied)
     }
 
+    /// `RESET ALL` / `DISCARD ALL`: the session tenant goes; a bound one and the current
+    /// transaction's stay.
+    pub fn clear_session(&mut self) {
+        self.session = None;
+    }
+
     /// The transaction ended (committed or rolled back).
     pub fn end_transaction(&mut self) {
         self.transaction = None;

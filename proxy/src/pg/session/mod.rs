@@ -364,6 +364,15 @@ impl Session {
         let mut redacted = None;
         {
             let msg = FrontendMessage::parse(&frame)?;
+            if matches!(
+                msg,
+                FrontendMessage::Query { .. } | FrontendMessage::Parse { name: "", .. }
+            ) {
+                // Whatever becomes of it, the client's unnamed statement is gone (Postgres drops
+                // it at a simple Query, a new Parse replaces it): never re-sent from here on.
+                self.unnamed = None;
+                self.unnamed_on_server = false;
+            }
             if self.tenant.is_some() {
                 if self.tenancy_gate(&msg) {
                     return Ok(Flow::Continue);
@@ -373,6 +382,9 @@ impl Session {
                 && let FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } = &msg
             {
                 self.shared.tenancy.bypass(sql, &self.user);
+                // What a bypass user's statement leaves on the server (a session set_config of
+                // the tenant, say) is unknown: reset the connection before another client.
+                self.dirty.session = true;
             }
         }
         // From here on the message is the one the server may see.
@@ -1157,6 +1169,9 @@ impl Session {
                 self.statements.clear();
                 if let Some(tenant) = self.tenant.as_mut() {
                     tenant.forget_statements();
+                    if tag == "DISCARD ALL" {
+                        tenant.reset_all();
+                    }
                 }
                 let server = self.server();
                 server.prepared.clear();

@@ -28,7 +28,7 @@ impl Session {
             return false;
         };
         let action = match msg {
-            FrontendMessage::Query { sql } => match tenant.on_query(sql, self.tx) {
+            FrontendMessage::Query { sql } => match tenant.on_query(sql) {
                 Ok(QueryPlan::Forward {
                     prefix,
                     session_state,
@@ -65,7 +65,7 @@ impl Session {
             } => match tenant.local_bind(portal, statement, rest) {
                 Some(Ok(out)) => Action::Reply(out),
                 Some(Err(refusal)) => Action::RefuseExtended((refusal, 0)),
-                None => match tenant.on_bind(statement, self.tx) {
+                None => match tenant.on_bind(statement) {
                     Ok(plan) => {
                         self.next_inject = plan.inject;
                         self.dirty.session |= plan.session_state;
@@ -107,6 +107,11 @@ impl Session {
                 self.next_prefix = None;
                 self.next_inject = None;
                 self.dirty.session = true;
+                if let (FrontendMessage::Parse { name, .. }, Some(tenant)) =
+                    (msg, self.tenant.as_mut())
+                {
+                    tenant.let_through(name);
+                }
                 Action::Pass
             }
             other => other,

@@ -73,7 +73,18 @@ impl TenantState {
 
     // === simple protocol ===
 
-    pub fn on_query(&mut self, sql: &str, tx: TransactionStatus) -> Result<QueryPlan, Refused> {
+    /// A simple Query: forwarded (maybe with the tenant prefix), answered here, or refused. A
+    /// refused one changes nothing.
+    pub fn on_query(&mut self, sql: &str) -> Result<QueryPlan, Refused> {
+        let saved = self.context.clone();
+        let plan = self.plan_query(sql);
+        if plan.is_err() {
+            self.context = saved;
+        }
+        plan
+    }
+
+    fn plan_query(&mut self, sql: &str) -> Result<QueryPlan, Refused> {
         // A simple Query drops the unnamed statement and portal.
         self.unnamed_local = None;
         self.unnamed_checked = None;
@@ -99,7 +110,7 @@ impl TenantState {
             return Err((Refusal::TenantAfterTransactionEnd, fp));
         }
         let prefix = match &tenant {
-            Some(t) if self.must_inject(&verdict, t, tx) => {
+            Some(t) if Self::must_inject(&verdict) => {
                 self.injected = Some(t.clone());
                 Some(super::inject::simple_prefix(
                     &self.tenancy.config.setting,
@@ -142,11 +153,14 @@ impl TenantState {
         Ok(tenant)
     }
 
-    fn must_inject(&self, verdict: &Verdict, tenant: &TenantId, tx: TransactionStatus) -> bool {
-        verdict.statements > 0
-            && !verdict.no_transaction_block
-            && tx != TransactionStatus::Failed
-            && !(self.block_open && self.injected.as_ref() == Some(tenant))
+    /// Whether to set the tenant before this statement. Every statement that may read or write
+    /// is given it, inside a transaction block too: what was set before may have been undone
+    /// (ROLLBACK TO, RESET ALL, a BEGIN the server skipped after an error) in ways that are only
+    /// certain once the server answers. Not before transaction control (an isolation level must
+    /// come first, ROLLBACK must run in a failed transaction) nor statements that cannot run in a
+    /// transaction block.
+    fn must_inject(verdict: &Verdict) -> bool {
+        verdict.statements > 0 && !verdict.no_transaction_block && !verdict.tx.control_only
     }
 
     fn apply_tx_effects(&mut self, verdict: &Verdict) {
@@ -157,10 +171,14 @@ impl TenantState {
         if tx.ends {
             self.block_open = false;
         }
-        if tx.rolls_back_to_savepoint {
-            // ROLLBACK TO may undo the set_config made after the savepoint: set it again.
+        if tx.rolls_back_to_savepoint || tx.resets_settings {
+            // ROLLBACK TO may undo the set_config made after the savepoint, RESET ALL undoes it:
+            // set it again.
             self.injected = None;
             self.batch_injected = false;
+        }
+        if tx.resets_settings {
+            self.context.clear_session();
         }
     }
 
@@ -218,6 +236,19 @@ impl TenantState {
         Ok(None)
     }
 
+    /// Report-only mode let a refused Parse through: its Binds are not reported a second time.
+    pub fn let_through(&mut self, name: &str) {
+        let checked = Checked {
+            verdict: reported_statement(),
+            tag: None,
+        };
+        if name.is_empty() {
+            self.unnamed_checked = Some(checked);
+        } else {
+            self.checked.insert(name.to_owned(), checked);
+        }
+    }
+
     /// Whether `name` is a tenant command the client prepared (answered here, never forwarded).
     pub fn is_local_statement(&self, name: &str) -> bool {
         self.local_statement(name).is_some()
@@ -266,24 +297,34 @@ impl TenantState {
 
     /// A Bind of a forwarded statement: the tenant to set first, or a refusal. Statements
     /// Sentinel has no check for (unknown names) go on for the server to refuse.
-    pub fn on_bind(&mut self, statement: &str, tx: TransactionStatus) -> Result<BindPlan, Refused> {
+    /// A Bind of a forwarded statement: the tenant to set first, or a refusal (which changes
+    /// nothing). A statement Sentinel holds no check for (a name it never saw parsed, an SQL
+    /// `PREPARE`d one) is taken to need the tenant.
+    pub fn on_bind(&mut self, statement: &str) -> Result<BindPlan, Refused> {
+        let saved = self.context.clone();
+        let plan = self.plan_bind(statement);
+        if plan.is_err() {
+            self.context = saved;
+        }
+        plan
+    }
+
+    fn plan_bind(&mut self, statement: &str) -> Result<BindPlan, Refused> {
         let checked = if statement.is_empty() {
             self.unnamed_checked.clone()
         } else {
             self.checked.get(statement).cloned()
         };
-        let Some(checked) = checked else {
-            return Ok(BindPlan {
-                inject: None,
-                session_state: false,
-            });
-        };
+        let checked = checked.unwrap_or_else(|| Checked {
+            verdict: unknown_statement(),
+            tag: None,
+        });
         let verdict = checked.verdict.clone();
         let tenant = self.tenant_for(&checked)?;
         let mut inject = None;
         if let Some(t) = tenant
             && !self.batch_injected
-            && self.must_inject(&verdict, &t, tx)
+            && Self::must_inject(&verdict)
         {
             self.batch_injected = true;
             self.injected = Some(t.clone());
@@ -380,8 +421,34 @@ impl TenantState {
     /// RESET ALL / DISCARD ALL answered for the client: the session tenant goes too (a bound
     /// one stays: the connection was made for it).
     pub fn reset_all(&mut self) {
-        if self.context.bound().is_none() {
-            let _ = self.context.reset(false, self.block_open);
-        }
+        self.context.clear_session();
     }
+}
+
+/// What a Parse that report-only mode let through is taken to be when it is bound: already
+/// reported, so not again; still given the tenant when there is one.
+fn reported_statement() -> Arc<Verdict> {
+    static REPORTED: std::sync::LazyLock<Arc<Verdict>> = std::sync::LazyLock::new(|| {
+        let mut verdict = (*unknown_statement()).clone();
+        verdict.kind = VerdictKind::Free;
+        Arc::new(verdict)
+    });
+    REPORTED.clone()
+}
+
+/// The verdict for a statement Sentinel never checked: it may read anything.
+fn unknown_statement() -> Arc<Verdict> {
+    static UNKNOWN: std::sync::LazyLock<Arc<Verdict>> = std::sync::LazyLock::new(|| {
+        Arc::new(Verdict {
+            kind: VerdictKind::NeedsTenant,
+            relations: Vec::new(),
+            fingerprint: 0,
+            statements: 1,
+            no_transaction_block: false,
+            session_state: false,
+            tx: Default::default(),
+            constants_matter: true,
+        })
+    });
+    UNKNOWN.clone()
 }
