@@ -264,6 +264,15 @@ fn startup_tenant(
             return Err(PgError::Tenancy(Refusal::StartupRole));
         }
     }
+    // Statements are checked as Postgres reads them with standard-conforming strings.
+    if params
+        .get("standard_conforming_strings")
+        .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1" | "yes"))
+    {
+        return Err(PgError::Tenancy(Refusal::Forbidden(
+            sentinel_policy::sql::Forbidden::StringSyntax,
+        )));
+    }
     let setting = tenancy.setting.to_ascii_lowercase();
     let mut value = None;
     for name in ["sentinel.tenant", setting.as_str()] {
