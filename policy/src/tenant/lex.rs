@@ -157,10 +157,14 @@ impl<'q> Comments<'q> {
 }
 
 /// `query` with each constant (string literal of any form, dollar-quoted string, number)
-/// replaced by `?` and each comment by a space; words, quoted identifiers, parameters (`$1`),
+/// replaced by [`MASK`] (a character no SQL text holds, unlike `?`, which is an operator) and
+/// each comment by a space; words, quoted identifiers, parameters (`$1`),
 /// operators and whitespace kept as they are. Two texts with the same masked form differ only in
 /// the values of their constants (and their comments). `None` if the text does not lex.
 pub fn mask_constants(query: &str) -> Option<String> {
+    if query.contains(MASK) {
+        return None;
+    }
     let bytes = query.as_bytes();
     let mut out = String::with_capacity(query.len());
     let mut pos = 0;
@@ -172,25 +176,33 @@ pub fn mask_constants(query: &str) -> Option<String> {
                 Some(" "),
             ),
             (b'/', Some(b'*')) => (skip_block_comment(bytes, pos).ok()?, Some(" ")),
-            (b'\'', _) => (skip_quoted(bytes, pos, b'\'', false).ok()?, Some("?")),
-            (b'E' | b'e', Some(b'\'')) => {
-                (skip_quoted(bytes, pos + 1, b'\'', true).ok()?, Some("?"))
-            }
+            (b'\'', _) => (skip_quoted(bytes, pos, b'\'', false).ok()?, Some(MASK_STR)),
+            (b'E' | b'e', Some(b'\'')) => (
+                skip_quoted(bytes, pos + 1, b'\'', true).ok()?,
+                Some(MASK_STR),
+            ),
             (b'"', _) => (skip_quoted(bytes, pos, b'"', false).ok()?, None),
             (b'$', Some(d)) if d.is_ascii_digit() => {
                 (skip_while(bytes, pos + 1, |c| c.is_ascii_digit()), None)
             }
             (b'$', _) => {
                 let end = skip_dollar(query, pos).ok()?;
-                (end, (end > pos + 1).then_some("?"))
+                (end, (end > pos + 1).then_some(MASK_STR))
             }
             (c, _) if is_ident_start(c) => (skip_while(bytes, pos + 1, is_ident_cont), None),
-            (c, _) if c.is_ascii_digit() => (
-                skip_while(bytes, pos + 1, |c| {
-                    c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
-                }),
-                Some("?"),
-            ),
+            (c, _) if c.is_ascii_digit() => {
+                // Only a plain number (digits, one point, an exponent with its sign) is masked;
+                // anything else that starts with a digit (`1from`, `0x1F`, `1e`) is read by
+                // versions of Postgres differently: no masked key for such text.
+                let end = number_end(bytes, pos);
+                if bytes
+                    .get(end)
+                    .is_some_and(|&c| is_ident_cont(c) || c == b'.')
+                {
+                    return None;
+                }
+                (end, Some(MASK_STR))
+            }
             // One character, whole (it may be more than one byte).
             _ => (
                 pos + query.get(pos..)?.chars().next().map_or(1, char::len_utf8),
@@ -204,6 +216,28 @@ pub fn mask_constants(query: &str) -> Option<String> {
         pos = end;
     }
     Some(out)
+}
+
+/// What [`mask_constants`] puts in place of a constant.
+pub const MASK: char = '\u{1}';
+const MASK_STR: &str = "\u{1}";
+
+/// The end of the number starting at `start`: `123`, `1.5`, `1.`, `1e10`, `1.5E-3`.
+fn number_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = skip_while(bytes, start, |c| c.is_ascii_digit());
+    if bytes.get(i) == Some(&b'.') && bytes.get(i + 1) != Some(&b'.') {
+        i = skip_while(bytes, i + 1, |c| c.is_ascii_digit());
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        if matches!(bytes.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        if bytes.get(j).is_some_and(u8::is_ascii_digit) {
+            i = skip_while(bytes, j, |c| c.is_ascii_digit());
+        }
+    }
+    i
 }
 
 /// `[A-Za-z_\x80-\xff]`: starts a word (keyword or identifier).
@@ -445,15 +479,23 @@ mod tests {
 
     #[test]
     fn constants_are_masked() {
-        let m = |q| mask_constants(q).unwrap();
+        let m = |q| mask_constants(q).unwrap().replace(MASK, "#");
         assert_eq!(
             m("SELECT * FROM t1 WHERE a = 10 AND b = 'x''y' AND c = E'\\'' AND d = $1"),
-            "SELECT * FROM t1 WHERE a = ? AND b = ? AND c = ? AND d = $1"
+            "SELECT * FROM t1 WHERE a = # AND b = # AND c = # AND d = $1"
         );
         assert_eq!(
             m("SELECT 1.5e3, $$a$$, $q$b$q$ /* c */ -- d"),
-            "SELECT ?, ?, ?    "
+            "SELECT #, #, #    "
         );
+        // `?` is an operator, not a constant: it never shares a key with one.
+        assert_ne!(m("SELECT f(1) '{}'"), m("SELECT f(1) ?"));
+        assert_ne!(m("SELECT 1e+5"), m("SELECT 1+5"));
+        assert_eq!(m("SELECT 1e+5"), m("SELECT 2E-3"));
+        // Numbers run into words are left to the parser.
+        assert_eq!(mask_constants("SELECT 1from t"), None);
+        assert_eq!(mask_constants("SELECT 0x1F"), None);
+        assert_eq!(mask_constants("SELECT '\u{1}'"), None);
         assert_eq!(
             m(r#"SELECT "it's 1" FROM "t2""#),
             r#"SELECT "it's 1" FROM "t2""#
