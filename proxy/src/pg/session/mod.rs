@@ -32,6 +32,7 @@ use super::server::ServerConn;
 use super::statements::{
     ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command, reset_commands,
 };
+use super::tenancy::inject;
 use super::tenancy::state::TenantState;
 use crate::config::PoolMode;
 
@@ -522,11 +523,17 @@ impl Session {
             LocalCommand::DeallocateAll if session_mode => return false,
             LocalCommand::DeallocateAll => {
                 self.statements.clear();
+                if let Some(tenant) = self.tenant.as_mut() {
+                    tenant.forget_statements();
+                }
                 "DEALLOCATE ALL"
             }
             LocalCommand::DiscardAll => {
                 self.statements.clear();
                 self.desired = self.startup_params.clone();
+                if let Some(tenant) = self.tenant.as_mut() {
+                    tenant.forget_statements();
+                }
                 "DISCARD ALL"
             }
             LocalCommand::ResetAll | LocalCommand::Reset(_) if session_mode => {
@@ -1082,6 +1089,13 @@ impl Session {
             _ => None,
         };
         let code = fields.code().unwrap_or_default();
+        if injected && code == "26000" {
+            // Sentinel's tenant statement is gone from this server (a DEALLOCATE ALL Sentinel
+            // did not see, inside a function): prepare it again next time.
+            let server = self.server();
+            server.prepared.remove(inject::statement_name(false));
+            server.prepared.remove(inject::statement_name(true));
+        }
         if let Some(
             Pending::Bind {
                 statement: Some(stmt),

@@ -416,6 +416,7 @@ impl TenantState {
         self.locals.clear();
         self.unnamed_local = None;
         self.checked.clear();
+        self.portals.clear();
     }
 
     /// RESET ALL / DISCARD ALL answered for the client: the session tenant goes too (a bound
