@@ -678,6 +678,20 @@ async fn what_could_drop_or_misplace_the_tenant() -> Result<()> {
     );
     c.batch_execute("COMMIT").await?;
 
+    // In a failed transaction a tenant command is ignored with 25P02, as Postgres would.
+    c.batch_execute("BEGIN").await?;
+    expect_code("1/0", c.simple_query("SELECT 1/0").await, "22012")?;
+    expect_code(
+        "SET LOCAL in a failed transaction",
+        c.simple_query("SET LOCAL app.tenant_id = 'acme'").await,
+        "25P02",
+    )?;
+    c.batch_execute("ROLLBACK").await?;
+    expect_context_required(
+        "after the failed transaction",
+        c.simple_query("SELECT count(*) FROM items").await,
+    )?;
+
     // A connection bound to a tenant can still choose its isolation level: nothing runs before
     // BEGIN … ISOLATION LEVEL or SET TRANSACTION.
     let token = env.cfg.tenant_token("globex", None)?;

@@ -32,6 +32,8 @@ pub enum Refusal {
     StartupRole,
     /// The fast-path function call message: it names a function by oid, past any check.
     FunctionCall,
+    /// A tenant command in a failed transaction: Postgres ignores every command there.
+    TransactionAborted,
     /// In one query string, a statement that needs the tenant after one that ends the
     /// transaction the tenant was set in.
     TenantAfterTransactionEnd,
@@ -49,6 +51,7 @@ impl Refusal {
             | Refusal::FunctionCall
             | Refusal::TenantAfterTransactionEnd => "42501",
             Refusal::Unparsable(_) => "42601",
+            Refusal::TransactionAborted => "25P02",
             Refusal::Tag(e) => e.sqlstate().unwrap_or("42501"),
             Refusal::InvalidTenant | Refusal::SourceRefused(_) | Refusal::BadCommentToken => {
                 "28000"
@@ -64,6 +67,10 @@ impl Refusal {
             Refusal::Context(e) => e.to_string().into(),
             Refusal::Tag(e) => e.to_string().into(),
             Refusal::InvalidTenant => "invalid tenant id".into(),
+            Refusal::TransactionAborted => {
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into()
+            }
             Refusal::UnsignedTag => "tenancy.signed_comments is on: a comment must carry a tenant \
                                      token (tenant_token='...'), not a bare tenant id"
                 .into(),
@@ -94,6 +101,7 @@ impl Refusal {
             Refusal::Context(e) => e.label(),
             Refusal::Tag(e) => e.label(),
             Refusal::InvalidTenant => "invalid_tenant_id",
+            Refusal::TransactionAborted => "transaction_aborted",
             Refusal::UnsignedTag => "unsigned_tag",
             Refusal::BadCommentToken => "bad_comment_token",
             Refusal::SetSourceOff => "set_source_off",

@@ -43,6 +43,9 @@ pub struct TenantState {
     block_open: bool,
     /// The tenant was sent in the current extended batch already.
     batch_injected: bool,
+    /// The server reported the transaction failed: until it ends, Postgres would answer a
+    /// tenant command with 25P02, and so does Sentinel.
+    failed: bool,
     checked: HashMap<String, Checked>,
     unnamed_checked: Option<Checked>,
     locals: HashMap<String, Arc<LocalStatement>>,
@@ -58,6 +61,7 @@ impl TenantState {
             injected: None,
             block_open: false,
             batch_injected: false,
+            failed: false,
             checked: HashMap::new(),
             unnamed_checked: None,
             locals: HashMap::new(),
@@ -93,6 +97,9 @@ impl TenantState {
         let verdict = checked.verdict.clone();
         let fp = verdict.fingerprint;
         if let VerdictKind::TenantCommand(command) = &verdict.kind {
+            if self.failed {
+                return Err((Refusal::TransactionAborted, fp));
+            }
             let statement = LocalStatement::new(command.clone(), sql, Vec::new());
             let mut out = BytesMut::new();
             execute_simple(
@@ -170,6 +177,10 @@ impl TenantState {
         }
         if tx.ends {
             self.block_open = false;
+            self.failed = false;
+        }
+        if tx.rolls_back_to_savepoint {
+            self.failed = false;
         }
         if tx.rolls_back_to_savepoint || tx.resets_settings {
             // ROLLBACK TO may undo the set_config made after the savepoint, RESET ALL undoes it:
@@ -361,6 +372,9 @@ impl TenantState {
     /// Execute of a portal bound to a tenant command.
     pub fn local_execute(&mut self, portal: &str) -> Option<Result<BytesMut, Refused>> {
         let bound = self.portals.get(portal)?.clone();
+        if self.failed {
+            return Some(Err((Refusal::TransactionAborted, 0)));
+        }
         let mut out = BytesMut::new();
         Some(
             execute(
@@ -404,6 +418,7 @@ impl TenantState {
     /// ReadyForQuery with nothing else in flight: the server's word replaces the prediction.
     pub fn settle(&mut self, status: TransactionStatus) {
         self.block_open = status != TransactionStatus::Idle;
+        self.failed = status == TransactionStatus::Failed;
         self.batch_injected = false;
         if status == TransactionStatus::Idle {
             self.end_transaction();
