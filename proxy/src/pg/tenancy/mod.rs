@@ -181,7 +181,7 @@ impl Tenancy {
 
     /// Counts a refusal and logs it with the statement's fingerprint (never its text).
     pub fn refused(&self, refusal: &Refusal, fingerprint: u64, user: &str) {
-        *self.refusals.lock().entry(refusal.label()).or_insert(0) += 1;
+        self.count(refusal);
         tracing::info!(
             user,
             reason = refusal.label(),
@@ -193,7 +193,7 @@ impl Tenancy {
 
     /// Counts and logs what would have been refused, in report-only mode (`enforce = false`).
     pub fn reported(&self, refusal: &Refusal, fingerprint: u64, user: &str) {
-        *self.refusals.lock().entry(refusal.label()).or_insert(0) += 1;
+        self.count(refusal);
         tracing::warn!(
             user,
             reason = refusal.label(),
@@ -201,6 +201,10 @@ impl Tenancy {
             fingerprint = format_args!("{fingerprint:016x}"),
             "statement would be refused (report-only: tenancy.enforce = false)"
         );
+    }
+
+    fn count(&self, refusal: &Refusal) {
+        *self.refusals.lock().entry(refusal.label()).or_insert(0) += 1;
     }
 
     /// Refusals so far (or, in report-only mode, statements that would have been refused), by

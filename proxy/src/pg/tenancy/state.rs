@@ -37,8 +37,6 @@ pub struct BindPlan {
 pub struct TenantState {
     pub tenancy: Arc<Tenancy>,
     pub context: TenantContext,
-    /// The tenant the server's current transaction was given, as far as what was sent says.
-    injected: Option<TenantId>,
     /// A transaction block is open after everything sent so far.
     block_open: bool,
     /// The tenant was sent in the current extended batch already.
@@ -58,7 +56,6 @@ impl TenantState {
         TenantState {
             context: tenancy.context(bound),
             tenancy,
-            injected: None,
             block_open: false,
             batch_injected: false,
             failed: false,
@@ -80,12 +77,20 @@ impl TenantState {
     /// A simple Query: forwarded (maybe with the tenant prefix), answered here, or refused. A
     /// refused one changes nothing.
     pub fn on_query(&mut self, sql: &str) -> Result<QueryPlan, Refused> {
+        self.unchanged_if_refused(|state| state.plan_query(sql))
+    }
+
+    /// Runs `plan`, putting the tenant context back as it was if it refuses.
+    fn unchanged_if_refused<T>(
+        &mut self,
+        plan: impl FnOnce(&mut Self) -> Result<T, Refused>,
+    ) -> Result<T, Refused> {
         let saved = self.context.clone();
-        let plan = self.plan_query(sql);
-        if plan.is_err() {
+        let result = plan(self);
+        if result.is_err() {
             self.context = saved;
         }
-        plan
+        result
     }
 
     fn plan_query(&mut self, sql: &str) -> Result<QueryPlan, Refused> {
@@ -117,14 +122,11 @@ impl TenantState {
             return Err((Refusal::TenantAfterTransactionEnd, fp));
         }
         let prefix = match &tenant {
-            Some(t) if Self::must_inject(&verdict) => {
-                self.injected = Some(t.clone());
-                Some(super::inject::simple_prefix(
-                    &self.tenancy.config.setting,
-                    t,
-                    self.tenancy.statement_timeout(t),
-                ))
-            }
+            Some(t) if Self::must_inject(&verdict) => Some(super::inject::simple_prefix(
+                &self.tenancy.config.setting,
+                t,
+                self.tenancy.statement_timeout(t),
+            )),
             _ => None,
         };
         self.apply_tx_effects(&verdict);
@@ -145,15 +147,6 @@ impl TenantState {
             .context
             .for_statement(checked.tag.as_ref())
             .map_err(|e| (Refusal::Context(e), fp))?;
-        if let (Some(t), Some(injected)) = (&tenant, &self.injected)
-            && t != injected
-            && (self.block_open || self.batch_injected)
-        {
-            return Err((
-                Refusal::Context(sentinel_policy::tenant::ContextError::TwoTenants),
-                fp,
-            ));
-        }
         if tenant.is_none() && matches!(checked.verdict.kind, VerdictKind::NeedsTenant) {
             return Err((Refusal::NoContext, fp));
         }
@@ -185,7 +178,6 @@ impl TenantState {
         if tx.rolls_back_to_savepoint || tx.resets_settings {
             // ROLLBACK TO may undo the set_config made after the savepoint, RESET ALL undoes it:
             // set it again.
-            self.injected = None;
             self.batch_injected = false;
         }
         if tx.resets_settings {
@@ -195,7 +187,6 @@ impl TenantState {
 
     fn end_transaction(&mut self) {
         self.context.end_transaction();
-        self.injected = None;
     }
 
     // === extended protocol ===
@@ -312,12 +303,7 @@ impl TenantState {
     /// nothing). A statement Sentinel holds no check for (a name it never saw parsed, an SQL
     /// `PREPARE`d one) is taken to need the tenant.
     pub fn on_bind(&mut self, statement: &str) -> Result<BindPlan, Refused> {
-        let saved = self.context.clone();
-        let plan = self.plan_bind(statement);
-        if plan.is_err() {
-            self.context = saved;
-        }
-        plan
+        self.unchanged_if_refused(|state| state.plan_bind(statement))
     }
 
     fn plan_bind(&mut self, statement: &str) -> Result<BindPlan, Refused> {
@@ -338,7 +324,6 @@ impl TenantState {
             && Self::must_inject(&verdict)
         {
             self.batch_injected = true;
-            self.injected = Some(t.clone());
             let timeout = self.tenancy.statement_timeout(&t).map(str::to_owned);
             inject = Some((t, timeout));
         }
