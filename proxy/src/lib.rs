@@ -6,6 +6,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 mod drain;
+pub mod ledger;
+pub mod llm;
 pub mod pg;
 pub mod secrets;
 mod telemetry;

@@ -10,6 +10,8 @@
 
 pub mod clients;
 pub mod config;
+pub mod llm;
+pub mod mock_llm;
 pub mod names;
 pub mod pg;
 pub mod raw;

@@ -18,8 +18,10 @@ use sentinel_policy::keys::{EnvSalt, is_sealed, sealed_key_id};
 
 use crate::pg::auth::scram::ScramVerifier;
 
+mod llm;
 mod tenancy;
 
+pub use llm::{LlmConfig, PriceConfig, ProviderConfig, ProviderKind, TenantLlmConfig};
 pub use tenancy::{AuditOnStart, Scope, Source, TenancyConfig, TenantConfig};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +35,9 @@ pub struct Config {
     pub postgres: PostgresConfig,
     #[serde(default)]
     pub tenancy: TenancyConfig,
+    /// The LLM egress proxy; absent: not started.
+    #[serde(default)]
+    pub llm: Option<LlmConfig>,
 }
 
 /// `[keys]`: where the master keyring comes from, and this environment's salt.
@@ -510,6 +515,9 @@ impl Config {
             }
         }
         self.tenancy.validate()?;
+        if let Some(llm) = &self.llm {
+            llm.validate()?;
+        }
         for name in &self.tenancy.bypass_users {
             if !self.postgres.users.iter().any(|u| &u.name == name) {
                 return Err(invalid(
@@ -534,6 +542,9 @@ impl Config {
                     value: value.clone(),
                 });
             }
+        }
+        if let Some(llm) = &self.llm {
+            llm.sealed_fields(&mut out);
         }
         out
     }

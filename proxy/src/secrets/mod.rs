@@ -417,6 +417,32 @@ pub fn reachable_sealed_values(config: &Config) -> Vec<SealedValue> {
             });
         }
     }
+    for (i, p) in config
+        .llm
+        .iter()
+        .flat_map(|l| l.providers.iter().enumerate())
+    {
+        if let Some(var) = &p.api_key_env
+            && let Some(value) = env_sealed_value(var)
+        {
+            out.push(SealedValue {
+                field: format!("llm.providers[{i}].api_key_env ({var})"),
+                context: p.api_key_context(),
+                value,
+                origin: Origin::Env(var.clone()),
+            });
+        }
+        if let Some(path) = &p.api_key_file
+            && let Some(value) = file_sealed_value(path)
+        {
+            out.push(SealedValue {
+                field: format!("llm.providers[{i}].api_key_file ({})", path.display()),
+                context: p.api_key_context(),
+                value,
+                origin: Origin::File(path.clone()),
+            });
+        }
+    }
     out
 }
 

@@ -1,0 +1,428 @@
+//! `[llm]`: the egress proxy for the apps' OpenAI and Anthropic SDKs — providers, prices,
+//! budgets, rate limits and timeouts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use sentinel_policy::budget::Period;
+use sentinel_policy::llm::{Micros, ModelPrice, PriceBook, Tokenizer};
+
+use super::{ConfigError, PasswordSource, SealedField, check_sealed, invalid};
+
+/// What a provider speaks, which picks its paths, auth header and error shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// api.openai.com: `Authorization: Bearer`.
+    Openai,
+    /// api.anthropic.com: `x-api-key`, `anthropic-version`.
+    Anthropic,
+    /// Groq, Azure OpenAI, vLLM and others that speak OpenAI's API.
+    OpenaiCompatible,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// The egress listener; apps set `OPENAI_BASE_URL=http://<listen>/v1` and
+    /// `ANTHROPIC_BASE_URL=http://<listen>`.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted (a prompt with images can be large).
+    #[serde(default = "defaults::max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Upstream TCP (and TLS) connect timeout, per attempt.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// From the request sent to the response head.
+    #[serde(default = "defaults::first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two chunks of a response.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest call from start to last byte.
+    #[serde(default = "defaults::total_timeout", with = "humantime_serde")]
+    pub total_timeout: Duration,
+    /// Attempts after a failed connect (nothing reached the provider), with backoff and jitter.
+    #[serde(default = "defaults::connect_retries")]
+    pub connect_retries: u32,
+    /// How long a hold lives without a settlement before the sweeper charges it; longer than
+    /// `total_timeout`.
+    #[serde(default = "defaults::reservation_ttl", with = "humantime_serde")]
+    pub reservation_ttl: Duration,
+    /// Virtual key ids refused even though their MAC verifies.
+    #[serde(default)]
+    pub revoked_keys: Vec<String>,
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// Prices of models beyond (or instead of) the shipped price book.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+    /// Budgets and limits per tenant.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantLlmConfig>,
+    /// For tenants not listed under `tenants`; without it they are refused (402).
+    #[serde(default)]
+    pub tenant_defaults: Option<TenantLlmConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// A name for logs, metrics and the sealing context (`llm.providers.<name>.api_key`).
+    pub name: String,
+    pub kind: ProviderKind,
+    /// What replaces Sentinel's `/v1`: `https://api.openai.com/v1`,
+    /// `https://api.anthropic.com/v1`, `http://vllm:8000/v1`.
+    pub base_url: String,
+    /// The models routed here; each priced (shipped book or `[llm.prices]`) and listed once.
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub api_key_sealed: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// The header carrying the key for `openai-compatible` providers that do not use
+    /// `Authorization: Bearer` (Azure: `api-key`).
+    #[serde(default)]
+    pub api_key_header: Option<String>,
+    /// Extra CA certificates (PEM) to trust for this upstream, beside the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A model's prices in USD per million tokens, and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub input: String,
+    /// Default: `input`.
+    #[serde(default)]
+    pub cached_input: Option<String>,
+    /// Default: `input`.
+    #[serde(default)]
+    pub cache_write_5m: Option<String>,
+    /// Default: `cache_write_5m`.
+    #[serde(default)]
+    pub cache_write_1h: Option<String>,
+    pub output: String,
+    pub context_window: u64,
+    pub max_output_tokens: u64,
+    /// The output bound when a request names none. Default: `max_output_tokens`.
+    #[serde(default)]
+    pub default_output_tokens: Option<u64>,
+    /// How input is counted: `o200k`, `cl100k` (OpenAI's tokenizers) or `bytes` (one token per
+    /// byte, a firm bound for any tokenizer). Default: `bytes`.
+    #[serde(default = "defaults::tokenizer")]
+    pub tokenizer: Tokenizer,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLlmConfig {
+    /// The budget in USD per period, e.g. `"25.00"`.
+    pub budget_usd: String,
+    #[serde(default)]
+    pub period: Period,
+    /// Fraction of the budget past which spend is reported as near the limit.
+    #[serde(default = "defaults::soft_threshold")]
+    pub soft_threshold: f64,
+    /// Narrower budgets for single models, in USD per period.
+    #[serde(default)]
+    pub model_budgets_usd: BTreeMap<String, String>,
+    /// Requests per minute; 0: unlimited.
+    #[serde(default)]
+    pub requests_per_minute: u32,
+    /// Tokens (input bound + output bound) per minute; 0: unlimited.
+    #[serde(default)]
+    pub tokens_per_minute: u64,
+}
+
+impl ProviderConfig {
+    pub fn api_key_context(&self) -> String {
+        format!("llm.providers.{}.api_key", self.name)
+    }
+
+    pub fn api_key(&self) -> PasswordSource {
+        let context = self.api_key_context();
+        match (&self.api_key_sealed, &self.api_key_env, &self.api_key_file) {
+            (Some(value), _, _) => PasswordSource::Sealed {
+                value: value.clone(),
+                context,
+            },
+            (None, Some(var), _) => PasswordSource::Env {
+                var: var.clone(),
+                context,
+            },
+            (None, None, Some(path)) => PasswordSource::File {
+                path: path.clone(),
+                context,
+            },
+            (None, None, None) => PasswordSource::None,
+        }
+    }
+}
+
+impl PriceConfig {
+    fn to_price(&self, field: &str) -> Result<ModelPrice, ConfigError> {
+        let usd = |name: &str, v: &str| {
+            Micros::parse_usd(v).map_err(|e| invalid(format!("{field}.{name}"), e.to_string()))
+        };
+        let input = usd("input", &self.input)?;
+        let cache_write_5m = match &self.cache_write_5m {
+            Some(v) => usd("cache_write_5m", v)?,
+            None => input,
+        };
+        let price = ModelPrice {
+            input,
+            cached_input: match &self.cached_input {
+                Some(v) => usd("cached_input", v)?,
+                None => input,
+            },
+            cache_write_5m,
+            cache_write_1h: match &self.cache_write_1h {
+                Some(v) => usd("cache_write_1h", v)?,
+                None => cache_write_5m,
+            },
+            output: usd("output", &self.output)?,
+            context_window: self.context_window,
+            max_output_tokens: self.max_output_tokens,
+            default_output_tokens: self.default_output_tokens.unwrap_or(self.max_output_tokens),
+            tokenizer: self.tokenizer,
+        };
+        if price.context_window == 0 || price.max_output_tokens == 0 {
+            return Err(invalid(
+                field,
+                "context_window and max_output_tokens must be positive",
+            ));
+        }
+        if price.default_output_tokens > price.max_output_tokens {
+            return Err(invalid(
+                format!("{field}.default_output_tokens"),
+                "must not exceed max_output_tokens",
+            ));
+        }
+        Ok(price)
+    }
+}
+
+impl TenantLlmConfig {
+    /// The budget limit and per-model limits in micro-dollars.
+    pub fn limits(&self, field: &str) -> Result<(Micros, Vec<(String, Micros)>), ConfigError> {
+        let limit = Micros::parse_usd(&self.budget_usd)
+            .map_err(|e| invalid(format!("{field}.budget_usd"), e.to_string()))?;
+        let models = self
+            .model_budgets_usd
+            .iter()
+            .map(|(model, usd)| {
+                Micros::parse_usd(usd)
+                    .map(|m| (model.clone(), m))
+                    .map_err(|e| {
+                        invalid(format!("{field}.model_budgets_usd.{model}"), e.to_string())
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((limit, models))
+    }
+
+    fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        self.limits(field)?;
+        if !(0.0..=1.0).contains(&self.soft_threshold) {
+            return Err(invalid(
+                format!("{field}.soft_threshold"),
+                "must be between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LlmConfig {
+    /// The shipped price book with `[llm.prices]` on top. `validate` has checked every entry.
+    pub fn price_book(&self) -> Result<PriceBook, ConfigError> {
+        let mut book = PriceBook::defaults();
+        for (model, price) in &self.prices {
+            book.insert(
+                model.clone(),
+                price.to_price(&format!("llm.prices.{model}"))?,
+            );
+        }
+        Ok(book)
+    }
+
+    /// The provider serving `model`, if any.
+    pub fn provider_for(&self, model: &str) -> Option<&ProviderConfig> {
+        self.providers
+            .iter()
+            .find(|p| p.models.iter().any(|m| m == model))
+    }
+
+    pub fn tenant(&self, tenant: &str) -> Option<&TenantLlmConfig> {
+        self.tenants.get(tenant).or(self.tenant_defaults.as_ref())
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_request_bytes < 1024 || self.max_request_bytes > (256 << 20) {
+            return Err(invalid(
+                "llm.max_request_bytes",
+                "must be between 1024 and 256 MiB",
+            ));
+        }
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("total_timeout", self.total_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(format!("llm.{name}"), "must be positive"));
+            }
+        }
+        if self.reservation_ttl <= self.total_timeout {
+            return Err(invalid(
+                "llm.reservation_ttl",
+                "must be longer than llm.total_timeout, or holds of calls still running would \
+                 be swept",
+            ));
+        }
+        if self.connect_retries > 10 {
+            return Err(invalid("llm.connect_retries", "must be at most 10"));
+        }
+        let book = self.price_book()?;
+        let mut routed = std::collections::HashMap::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let field = |name: &str| format!("llm.providers[{i}].{name}");
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(
+                    field("name"),
+                    "must be letters, digits, '-' or '_'",
+                ));
+            }
+            if self.providers[..i].iter().any(|q| q.name == p.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?} is listed twice", p.name),
+                ));
+            }
+            let url = p.base_url.trim_end_matches('/');
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.contains('?')
+                || url.contains('#')
+            {
+                return Err(invalid(
+                    field("base_url"),
+                    "must be an http:// or https:// URL without query or fragment",
+                ));
+            }
+            let sources = [
+                p.api_key_sealed.is_some(),
+                p.api_key_env.is_some(),
+                p.api_key_file.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(invalid(
+                    field("api_key_sealed"),
+                    "exactly one of api_key_sealed, api_key_env, api_key_file is required",
+                ));
+            }
+            if let Some(value) = &p.api_key_sealed {
+                check_sealed(value).map_err(|reason| invalid(field("api_key_sealed"), reason))?;
+            }
+            if p.api_key_header.is_some() && p.kind != ProviderKind::OpenaiCompatible {
+                return Err(invalid(
+                    field("api_key_header"),
+                    "only for kind = \"openai-compatible\"",
+                ));
+            }
+            if let Some(h) = &p.api_key_header
+                && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+            {
+                return Err(invalid(field("api_key_header"), "not a valid header name"));
+            }
+            if p.models.is_empty() {
+                return Err(invalid(field("models"), "list at least one model"));
+            }
+            for model in &p.models {
+                if book.get(model).is_none() {
+                    return Err(invalid(
+                        field("models"),
+                        format!(
+                            "model {model:?} has no price: add [llm.prices.\"{model}\"] (Sentinel \
+                             never guesses a price)"
+                        ),
+                    ));
+                }
+                if let Some(other) = routed.insert(model.as_str(), p.name.as_str()) {
+                    return Err(invalid(
+                        field("models"),
+                        format!("model {model:?} is also routed to provider {other:?}"),
+                    ));
+                }
+            }
+        }
+        for (tenant, t) in &self.tenants {
+            t.validate(&format!("llm.tenants.{tenant}"))?;
+        }
+        if let Some(t) = &self.tenant_defaults {
+            t.validate("llm.tenant_defaults")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn sealed_fields(&self, out: &mut Vec<SealedField>) {
+        for (i, p) in self.providers.iter().enumerate() {
+            if let Some(value) = &p.api_key_sealed {
+                out.push(SealedField {
+                    field: format!("llm.providers[{i}].api_key_sealed"),
+                    context: p.api_key_context(),
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8480))
+    }
+    pub fn max_request_bytes() -> usize {
+        32 << 20
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn first_byte_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn total_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn connect_retries() -> u32 {
+        2
+    }
+    pub fn reservation_ttl() -> Duration {
+        Duration::from_secs(900)
+    }
+    pub fn tokenizer() -> Tokenizer {
+        Tokenizer::Bytes
+    }
+    pub fn soft_threshold() -> f64 {
+        0.8
+    }
+}
