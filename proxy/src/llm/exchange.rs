@@ -317,7 +317,6 @@ impl Call<'_> {
         let headers = session.req_header().headers.clone();
         let response = upstream
             .send(
-                http::Method::POST,
                 path,
                 query,
                 &headers,
@@ -360,15 +359,7 @@ impl Call<'_> {
         self.shared.stats.added_latency(self.started.elapsed());
         let first_byte = llm.first_byte_timeout.min(remaining(deadline));
         let sent = upstream
-            .send(
-                http::Method::POST,
-                path,
-                query,
-                &headers,
-                body,
-                llm.connect_retries,
-                first_byte,
-            )
+            .send(path, query, &headers, body, llm.connect_retries, first_byte)
             .await;
         let response = match sent {
             Ok(r) => r,

@@ -151,11 +151,10 @@ impl Upstream {
         Ok(out)
     }
 
-    /// Sends the request and waits for the response head, retrying only failed connects (with
+    /// POSTs the request and waits for the response head, retrying only failed connects (with
     /// exponential backoff and jitter), within `first_byte` per attempt.
     pub async fn send(
         &self,
-        method: http::Method,
         path: &str,
         query: Option<&str>,
         client_headers: &HeaderMap,
@@ -169,7 +168,7 @@ impl Upstream {
         loop {
             let request = self
                 .client
-                .request(method.clone(), &url)
+                .post(&url)
                 .headers(headers.clone())
                 .body(body.clone());
             match tokio::time::timeout(first_byte, request.send()).await {
