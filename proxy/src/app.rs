@@ -58,6 +58,13 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
                 Egress::new(shared.clone()),
                 "llm egress",
             );
+            if let Some(proxy) = service.app_logic_mut() {
+                // HTTP/2 without TLS too (prior knowledge), for clients that pool one
+                // connection for many concurrent calls.
+                let mut options = pingora::apps::HttpServerOptions::default();
+                options.h2c = true;
+                proxy.server_options = Some(options);
+            }
             service.add_tcp(&llm.listen.to_string());
             server.add_service(service);
             server.add_service(background_service(

@@ -642,3 +642,84 @@ async fn concurrent_calls_never_spend_past_the_limit() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stalled_stream_times_out_and_is_charged_what_was_streamed() -> Result<()> {
+    let mock = MockLlm::start().await;
+    // idle_timeout is 3s in the test setup; the mock goes silent for 6s.
+    let egress = start(&mock.base_url(), |s| s).await?;
+    let response = egress
+        .post("/v1/chat/completions", "acme", &chat(GPT, true, 100))
+        .header("x-mock-fail", "stall-mid-stream")
+        .header("x-mock-delay-ms", "6000")
+        .send()
+        .await?;
+    ensure!(response.status() == 200);
+    let body = response.text().await.unwrap_or_default();
+    ensure!(
+        !body.contains("[DONE]"),
+        "a stalled stream must not look complete: {body}"
+    );
+    let charged = egress.charges(1).await?;
+    ensure!(
+        charged[0].outcome == "timeout" && charged[0].estimated && charged[0].micros > 0,
+        "{charged:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_counts_pass_through_free_and_h2c_clients_are_served() -> Result<()> {
+    let mock = MockLlm::start().await;
+    let egress = start(&mock.base_url(), |s| s).await?;
+    let (status, _, body) = text(
+        egress
+            .client
+            .post(format!("{}/v1/messages/count_tokens", egress.base))
+            .header("x-api-key", egress.key("acme"))
+            .header("anthropic-version", "2023-06-01")
+            .header("x-mock-input-tokens", "42")
+            .json(&json!({"model": CLAUDE, "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await?,
+    )
+    .await?;
+    ensure!(status == 200 && body.contains("42"), "{status}: {body}");
+    ensure!(
+        mock.last_request()
+            .and_then(|r| r.header("x-api-key").map(str::to_owned))
+            == Some(ANTHROPIC_KEY.to_owned())
+    );
+
+    // HTTP/2 with prior knowledge on the plaintext port.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let h2 = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()?;
+    let response = h2
+        .post(format!("{}/v1/chat/completions", egress.base))
+        .bearer_auth(egress.key("acme"))
+        .json(&chat(GPT, true, 100))
+        .send()
+        .await?;
+    ensure!(
+        response.version() == reqwest::Version::HTTP_2,
+        "{:?}",
+        response.version()
+    );
+    let body = response.text().await?;
+    ensure!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    // The count is free; the chat call is charged.
+    let charged = egress.charges(1).await?;
+    ensure!(
+        charged.len() == 1 && charged[0].outcome == "ok",
+        "{charged:?}"
+    );
+    Ok(())
+}
