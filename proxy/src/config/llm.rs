@@ -426,3 +426,141 @@ mod defaults {
         0.8
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[keys]
+salt = "46TaY3MHFe+hUwfJlWEhphIPQoXgmg2UV42DWWLQDEk="
+
+[postgres.upstream]
+host = "127.0.0.1"
+
+[[postgres.users]]
+name = "app"
+auth = "trust"
+
+[llm]
+[[llm.providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+models = ["gpt-4o-mini"]
+api_key_env = "OPENAI_API_KEY"
+
+[llm.tenants.acme]
+budget_usd = "10"
+"#;
+
+    fn error(text: &str) -> String {
+        Config::parse(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn a_valid_section_has_defaults_and_prices() {
+        let c = Config::parse(BASE).expect("valid");
+        let llm = c.llm.as_ref().expect("[llm]");
+        assert_eq!(llm.listen.port(), 8480);
+        assert!(llm.price_book().expect("book").get("gpt-4o-mini").is_some());
+        assert_eq!(
+            llm.provider_for("gpt-4o-mini").map(|p| p.name.as_str()),
+            Some("openai")
+        );
+        assert!(llm.provider_for("gpt-4o").is_none());
+        let (limit, models) = llm
+            .tenant("acme")
+            .expect("acme")
+            .limits("t")
+            .expect("limits");
+        assert_eq!((limit.0, models.len()), (10_000_000, 0));
+        assert!(
+            llm.tenant("other").is_none(),
+            "no defaults: unlisted tenants have no budget"
+        );
+    }
+
+    #[test]
+    fn every_mistake_is_named() {
+        let cases = [
+            (
+                BASE.replace("[\"gpt-4o-mini\"]", "[\"gpt-9\"]"),
+                "has no price",
+            ),
+            (
+                BASE.replace(
+                    "api_key_env = \"OPENAI_API_KEY\"",
+                    "api_key_env = \"A\"\napi_key_file = \"/k\"",
+                ),
+                "exactly one of",
+            ),
+            (
+                BASE.replace(
+                    "api_key_env = \"OPENAI_API_KEY\"",
+                    "api_key_sealed = \"sk-plain\"",
+                ),
+                "sealed",
+            ),
+            (
+                BASE.replace("https://api.openai.com/v1", "ftp://x"),
+                "base_url",
+            ),
+            (
+                BASE.replace("budget_usd = \"10\"", "budget_usd = \"ten\""),
+                "llm.tenants.acme.budget_usd",
+            ),
+            (
+                BASE.replace(
+                    "budget_usd = \"10\"",
+                    "budget_usd = \"10\"\nsoft_threshold = 1.5",
+                ),
+                "soft_threshold",
+            ),
+            (
+                BASE.replace("[llm]", "[llm]\nreservation_ttl = \"1m\""),
+                "reservation_ttl",
+            ),
+            (
+                BASE.replace("[llm]", "[llm]\nfirst_byte_timeout = \"0s\""),
+                "first_byte_timeout",
+            ),
+            (
+                format!(
+                    "{BASE}\n[[llm.providers]]\nname = \"other\"\nkind = \"openai-compatible\"\nbase_url = \
+                     \"http://vllm/v1\"\nmodels = [\"gpt-4o-mini\"]\napi_key_env = \"K\"\n"
+                ),
+                "also routed",
+            ),
+            (
+                format!(
+                    "{BASE}\n[llm.prices.cheap]\ninput = \"1\"\noutput = \"-2\"\ncontext_window = 10\nmax_output_tokens = 5\n"
+                ),
+                "llm.prices.cheap.output",
+            ),
+            (
+                BASE.replace(
+                    "kind = \"openai\"",
+                    "kind = \"openai\"\napi_key_header = \"api-key\"",
+                ),
+                "api_key_header",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = error(&text);
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn sealed_provider_keys_are_listed_for_the_keyring_check() {
+        let text = BASE.replace(
+            "api_key_env = \"OPENAI_API_KEY\"",
+            "api_key_sealed = \"sealed:v1:k1:AAAA\"",
+        );
+        let c = Config::parse(&text).expect("valid");
+        let fields = c.sealed_fields();
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields[0].context, "llm.providers.openai.api_key");
+    }
+}
