@@ -587,3 +587,414 @@ def sentinel_tenancy_session(pg):
     )
     yield TenancyEnv(sentinel=s, pg=pg)
     s.stop()
+
+
+# --- LLM egress: the mock provider (target/debug/mock_llm) and a Sentinel with an [llm] section ---
+#
+# Mirrors tests/src/llm.rs: providers `openai` and `anthropic` at the mock's base URL, the test
+# models mock-gpt ($1 in, $0.50 cached, $2 out per million tokens), mock-embed ($0.10 in) and
+# mock-claude ($3 in, $0.30 cache read, $3.75 cache write, $15 out), the provider keys in
+# environment variables, virtual keys from `sentinel vkey issue`. No Postgres cluster: the
+# `[postgres]` section has one trust user and an upstream nobody listens on.
+
+import json as _json
+import re as _re
+import urllib.request as _urlreq
+from decimal import ROUND_CEILING as _ROUND_CEILING
+from decimal import Decimal as _Decimal
+
+LLM_OPENAI_KEY = "sk-real-openai"
+LLM_ANTHROPIC_KEY = "sk-ant-real"
+LLM_GPT = "mock-gpt"
+LLM_EMBED = "mock-embed"
+LLM_CLAUDE = "mock-claude"
+
+# $ per million tokens = µ$ per token.
+LLM_PRICES = {
+    LLM_GPT: {"input": "1", "cached_input": "0.5", "output": "2"},
+    LLM_EMBED: {"input": "0.1", "output": "0"},
+    LLM_CLAUDE: {
+        "input": "3",
+        "cached_input": "0.3",
+        "cache_write_5m": "3.75",
+        "output": "15",
+    },
+}
+
+LLM_TENANTS = {
+    "acme": ('"1.00"', []),
+    "poor": ('"0.000100"', []),
+    # One request a minute: the second call of a test is refused by Sentinel with 429.
+    "slow": ('"1.00"', ["requests_per_minute = 1"]),
+}
+
+
+def mock_llm_binary() -> Path:
+    env = os.environ.get("MOCK_LLM_BIN")
+    path = Path(env) if env else REPO / "target" / "debug" / "mock_llm"
+    if not path.is_file():
+        raise RuntimeError(
+            f"the mock_llm binary is not built: {path} does not exist. Run "
+            "`cargo build -p sentinel-tests --bin mock_llm` or set MOCK_LLM_BIN"
+        )
+    return path
+
+
+def _http_json(method: str, url: str, body: object | None = None):
+    data = None if body is None else _json.dumps(body).encode()
+    req = _urlreq.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    opener = _urlreq.build_opener(_urlreq.ProxyHandler({}))
+    with opener.open(req, timeout=10) as r:
+        text = r.read().decode()
+    return _json.loads(text) if text else None
+
+
+class MockLlmProcess:
+    """`mock_llm --port 0` as a child process, inspected over its `/_mock/…` endpoints."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sentinel-pytest-mockllm-"))
+        self.stderr_path = self.dir / "stderr.log"
+        stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(mock_llm_binary()), "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        stderr.close()
+        atexit.register(self.stop)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"mock_llm did not print its port (got {line!r})")
+        self.port = int(line.split()[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[dict]:
+        return _http_json("GET", f"{self.base_url}/_mock/requests")
+
+    def usage(self) -> dict:
+        return _http_json("GET", f"{self.base_url}/_mock/usage")
+
+    def clear(self) -> None:
+        _http_json("POST", f"{self.base_url}/_mock/clear")
+
+    def set_defaults(self, patch: dict | None = None) -> dict:
+        return _http_json("POST", f"{self.base_url}/_mock/defaults", patch or {})
+
+    def settled_requests(self, n: int, timeout: float = 10.0) -> list[dict]:
+        """Waits until `n` requests were recorded and none is still in flight."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reqs = self.requests()
+            if len(reqs) >= n and all(r["outcome"] != "in_flight" for r in reqs):
+                return reqs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mock: {n} finished requests expected, got {reqs}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class LlmCharge:
+    """One `settled` line of Sentinel's log."""
+
+    request_id: str
+    tenant: str
+    micros: int
+    outcome: str
+    estimated: bool
+    reserved_micros: int | None = None
+    line: str = field(default="", repr=False)
+
+
+def _log_field(line: str, name: str) -> str | None:
+    m = _re.search(rf"(?:^|[\s{{]){_re.escape(name)}=(\"[^\"]*\"|[^\s}}:]+)", line)
+    return m.group(1).strip('"') if m else None
+
+
+def _usd_micros(usd: str | None) -> int | None:
+    """`$0.001014` → 1014."""
+    if usd is None:
+        return None
+    whole, frac = usd.lstrip("$").split(".")
+    return int(whole) * 1_000_000 + int(frac.ljust(6, "0")[:6])
+
+
+def llm_charges(log: str) -> list[LlmCharge]:
+    """Every `settled` line of Sentinel's log, in order (like `charges` in tests/src/llm.rs)."""
+    out = []
+    for line in log.splitlines():
+        if " settled" not in line:
+            continue
+        micros = _usd_micros(_log_field(line, "charged"))
+        if micros is None:
+            continue
+        out.append(
+            LlmCharge(
+                request_id=_log_field(line, "request_id") or "",
+                tenant=_log_field(line, "tenant") or "",
+                micros=micros,
+                outcome=_log_field(line, "outcome") or "",
+                estimated=_log_field(line, "estimated") == "true",
+                reserved_micros=_usd_micros(_log_field(line, "reserved")),
+                line=line,
+            )
+        )
+    return out
+
+
+def llm_expected_micros(model: str, usage: dict) -> int:
+    """What a call with the mock's `usage` (its own terms: OpenAI input includes cached,
+    Anthropic input excludes cache reads and writes) costs, in µ$, rounded up."""
+    p = {k: _Decimal(v) for k, v in LLM_PRICES[model].items()}
+    inp = usage.get("input_tokens", 0)
+    cached = usage.get("cached_tokens", 0)
+    write = usage.get("cache_write_tokens", 0)
+    out = usage.get("output_tokens", 0)
+    if model == LLM_CLAUDE:
+        total = (
+            inp * p["input"]
+            + cached * p["cached_input"]
+            + write * p["cache_write_5m"]
+            + out * p["output"]
+        )
+    else:
+        total = (inp - cached) * p["input"] + out * p["output"]
+        if cached:
+            total += cached * p["cached_input"]
+    return int(total.to_integral_value(rounding=_ROUND_CEILING))
+
+
+def render_llm_section(listen_port: int, mock_url: str, tenants: dict) -> str:
+    out = f"""
+[llm]
+listen = "127.0.0.1:{listen_port}"
+connect_timeout = "1s"
+first_byte_timeout = "3s"
+idle_timeout = "3s"
+total_timeout = "20s"
+connect_retries = 1
+
+[[llm.providers]]
+name = "openai"
+kind = "openai"
+base_url = "{mock_url}/v1"
+models = ["{LLM_GPT}", "{LLM_EMBED}", "gpt-4o-mini"]
+api_key_env = "SENTINEL_TEST_OPENAI_KEY"
+
+[[llm.providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "{mock_url}/v1"
+models = ["{LLM_CLAUDE}", "claude-haiku-4-5"]
+api_key_env = "SENTINEL_TEST_ANTHROPIC_KEY"
+
+[llm.prices.{LLM_GPT}]
+input = "1"
+cached_input = "0.5"
+output = "2"
+context_window = 100000
+max_output_tokens = 1000
+default_output_tokens = 500
+tokenizer = "o200k"
+
+[llm.prices.{LLM_EMBED}]
+input = "0.1"
+output = "0"
+context_window = 8192
+max_output_tokens = 1
+tokenizer = "cl100k"
+
+[llm.prices.{LLM_CLAUDE}]
+input = "3"
+cached_input = "0.3"
+cache_write_5m = "3.75"
+cache_write_1h = "6"
+output = "15"
+context_window = 200000
+max_output_tokens = 4096
+tokenizer = "bytes"
+"""
+    for name, (budget, extra) in tenants.items():
+        out += f"\n[llm.tenants.{name}]\nbudget_usd = {budget}\n"
+        for line in extra:
+            out += line + "\n"
+    return out
+
+
+def render_egress_config(
+    pg_listen_port: int, unused_upstream_port: int, keys_toml: str, llm_toml: str
+) -> str:
+    return f"""# Rendered by tests/python/conftest.py: LLM egress only (no Postgres behind it).
+
+[process]
+threads = 2
+shutdown_grace = "5s"
+{keys_toml}
+[postgres]
+listen = "127.0.0.1:{pg_listen_port}"
+pool_mode = "transaction"
+pool_size = 2
+min_pool_size = 0
+trust_networks = ["127.0.0.1/32", "::1/128"]
+
+[postgres.upstream]
+host = "127.0.0.1"
+port = {unused_upstream_port}
+tls = "disable"
+
+{TENANCY_OFF}
+[[postgres.users]]
+name = "app"
+auth = "trust"
+server_user = "app"
+{llm_toml}"""
+
+
+@dataclass
+class LlmEgress:
+    """A running Sentinel whose LLM egress listens on `port`, in front of a `MockLlmProcess`."""
+
+    port: int
+    pg_port: int
+    dir: Path
+    config: Path
+    env: dict = field(repr=False)
+    proc: subprocess.Popen = field(repr=False)
+    _keys: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        """The Anthropic SDK's base URL; the OpenAI SDK's is `openai_base_url`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def logs(self) -> str:
+        try:
+            return (self.dir / "sentinel.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def charges(self) -> list[LlmCharge]:
+        return llm_charges(self.logs())
+
+    def wait_charges(self, n: int, timeout: float = 10.0) -> list[LlmCharge]:
+        """Waits until Sentinel has logged at least `n` settlements in all; returns them all."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.charges()
+            if len(found) >= n:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(found)} settlements logged, {n} expected; log:\n{self.logs()}"
+                )
+            time.sleep(0.02)
+
+    def key(self, tenant: str) -> str:
+        """A virtual key for `tenant` from `sentinel vkey issue` (one per tenant, cached)."""
+        if tenant not in self._keys:
+            out = subprocess.run(
+                [str(sentinel_binary()), "vkey", "issue", "--tenant", tenant, "--config",
+                 str(self.config)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, **self.env, "NO_COLOR": "1"},
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"sentinel vkey issue failed: {out.stderr}")
+            keys = [w for w in out.stdout.split() if w.startswith("sk-stn-")]
+            if len(keys) != 1:
+                raise RuntimeError(f"unexpected output of sentinel vkey issue: {out.stdout!r}")
+            self._keys[tenant] = keys[0]
+        return self._keys[tenant]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_llm_egress(mock: MockLlmProcess, tenants: dict | None = None) -> LlmEgress:
+    binary = sentinel_binary()
+    keys_toml, keys_env = keys_setup()
+    if not keys_env:
+        raise RuntimeError("this sentinel binary has no `keys` command: no virtual keys")
+    env = {
+        **keys_env,
+        "SENTINEL_TEST_OPENAI_KEY": LLM_OPENAI_KEY,
+        "SENTINEL_TEST_ANTHROPIC_KEY": LLM_ANTHROPIC_KEY,
+    }
+    run_dir = Path(tempfile.mkdtemp(prefix="sentinel-pytest-llm-"))
+    for attempt in range(5):
+        pg_port, llm_port, unused = free_port(), free_port(), free_port()
+        config = run_dir / "sentinel.toml"
+        config.write_text(
+            render_egress_config(
+                pg_port,
+                unused,
+                keys_toml,
+                render_llm_section(llm_port, mock.base_url, tenants or LLM_TENANTS),
+            )
+        )
+        log = open(run_dir / "sentinel.log", "wb")
+        proc = subprocess.Popen(
+            [str(binary), "run", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "NO_COLOR": "1", "RUST_BACKTRACE": "1"},
+        )
+        log.close()
+        egress = LlmEgress(
+            port=llm_port, pg_port=pg_port, dir=run_dir, config=config, env=env, proc=proc
+        )
+        atexit.register(egress.stop)
+        try:
+            wait_port(pg_port, proc, START_TIMEOUT, "sentinel", egress.logs)
+            wait_port(llm_port, proc, START_TIMEOUT, "sentinel's LLM egress", egress.logs)
+            return egress
+        except RuntimeError:
+            if "Address already in use" in egress.logs() and attempt < 4:
+                proc.kill()
+                proc.wait()
+                continue
+            egress.stop()
+            raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def mock_llm():
+    m = MockLlmProcess()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_egress(mock_llm):
+    """Sentinel's egress in front of the mock, with tenants acme ($1), poor ($0.0001) and slow
+    (one request a minute)."""
+    e = start_llm_egress(mock_llm)
+    yield e
+    e.stop()

@@ -236,7 +236,10 @@ mod tests {
             base_url: "https://api.example.com/v1".into(),
             key: Zeroizing::new("sk-real".into()),
             key_header: header,
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .tls_backend_preconfigured(tls_config(None).unwrap())
+                .build()
+                .unwrap(),
         }
     }
 
