@@ -723,3 +723,45 @@ async fn token_counts_pass_through_free_and_h2c_clients_are_served() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_lets_a_stream_finish_refuses_new_calls_and_exits_0() -> Result<()> {
+    let mock = MockLlm::start().await;
+    let mut egress = start(&mock.base_url(), |s| s).await?;
+    let mut stream = egress
+        .post("/v1/chat/completions", "acme", &chat(GPT, true, 1000))
+        .header("x-mock-chunks", "40")
+        .header("x-mock-chunk-delay-ms", "50")
+        .send()
+        .await?;
+    ensure!(stream.status() == 200);
+    let mut body =
+        String::from_utf8_lossy(&stream.chunk().await?.context("a first chunk")?).into_owned();
+    egress.sentinel.signal(libc::SIGTERM)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = http_client()
+        .post(format!("{}/v1/chat/completions", egress.base))
+        .bearer_auth(egress.key("acme"))
+        .json(&chat(GPT, false, 10))
+        .send()
+        .await;
+    ensure!(
+        refused.is_err(),
+        "a new call was accepted while draining: {refused:?}"
+    );
+    while let Some(chunk) = stream.chunk().await? {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    ensure!(
+        body.trim_end().ends_with("data: [DONE]"),
+        "the stream was cut by the shutdown: {body}"
+    );
+    let status = egress.sentinel.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(status.success(), "exit status {status}");
+    let charged = charges(&egress.sentinel.logs());
+    ensure!(
+        charged.len() == 1 && charged[0].outcome == "ok",
+        "{charged:?}"
+    );
+    Ok(())
+}
