@@ -9,8 +9,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::config::Config;
+use crate::config::{Config, LedgerBackend};
 use crate::drain::DrainWatcher;
+use crate::ledger::postgres::PgLedger;
 use crate::ledger::{BudgetSpec, Ledger, MemoryLedger, Sweeper, SystemClock};
 use crate::llm::{Egress, EgressShared};
 use crate::pg::{PgService, PgShared, PoolMaintenance};
@@ -45,9 +46,34 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
         "pool maintenance",
         PoolMaintenance::new(pg.clone()),
     ));
+    let mut ledger_pending: Option<Arc<PgLedger>> = None;
     let egress = match &config.llm {
         Some(llm) => {
-            let ledger = memory_ledger(&config)?;
+            let ledger: Arc<dyn Ledger> = match config.ledger.as_ref().map(|l| (l.backend, l)) {
+                Some((LedgerBackend::Postgres, ledger_config)) => {
+                    let (budgets, default) = configured_budgets(&config)?;
+                    let (ledger, worker) = PgLedger::new(
+                        &config,
+                        ledger_config,
+                        &secrets,
+                        Arc::new(SystemClock),
+                        budgets,
+                        default,
+                    )?;
+                    server.add_service(background_service("ledger", worker));
+                    let ledger = Arc::new(ledger);
+                    ledger_pending = Some(ledger.clone());
+                    ledger
+                }
+                _ => {
+                    let ledger = memory_ledger(&config)?;
+                    server.add_service(background_service(
+                        "reservation sweeper",
+                        Sweeper::new(ledger.clone(), SWEEP_EVERY),
+                    ));
+                    ledger
+                }
+            };
             let shared = Arc::new(EgressShared::new(
                 config.clone(),
                 secrets.clone(),
@@ -67,10 +93,6 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
             }
             service.add_tcp(&llm.listen.to_string());
             server.add_service(service);
-            server.add_service(background_service(
-                "reservation sweeper",
-                Sweeper::new(ledger, SWEEP_EVERY),
-            ));
             tracing::info!(llm.listen = %llm.listen, providers = llm.providers.len(), "llm egress enabled");
             Some(shared)
         }
@@ -81,6 +103,10 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
             + egress
                 .as_ref()
                 .map_or(0, |e| e.stats.in_flight.load(Ordering::Relaxed))
+            // Usage not yet safe in the spool, and leases not yet given back.
+            + ledger_pending
+                .as_ref()
+                .map_or(0, |l| l.unspooled() + l.leases_held())
     });
     server.add_service(background_service(
         "drain watcher",
@@ -91,8 +117,10 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
     server.run_forever()
 }
 
-/// The in-memory ledger with the configured budgets and revocations.
-fn memory_ledger(config: &Config) -> anyhow::Result<Arc<dyn Ledger>> {
+/// The budgets of `[llm.tenants]`, and `[llm.tenant_defaults]`.
+type Budgets = (Vec<(String, BudgetSpec)>, Option<BudgetSpec>);
+
+fn configured_budgets(config: &Config) -> anyhow::Result<Budgets> {
     let Some(llm) = &config.llm else {
         anyhow::bail!("no [llm] section");
     };
@@ -109,9 +137,19 @@ fn memory_ledger(config: &Config) -> anyhow::Result<Arc<dyn Ledger>> {
                 .map(|s| (tenant.clone(), s))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok((budgets, default))
+}
+
+/// The in-memory ledger with the configured budgets and revocations.
+fn memory_ledger(config: &Config) -> anyhow::Result<Arc<dyn Ledger>> {
+    let (budgets, default) = configured_budgets(config)?;
+    let revoked = config
+        .llm
+        .iter()
+        .flat_map(|l| l.revoked_keys.iter().cloned());
     Ok(Arc::new(
         MemoryLedger::new(Arc::new(SystemClock), default)
             .with_budgets(budgets)
-            .with_revoked(llm.revoked_keys.iter().cloned()),
+            .with_revoked(revoked),
     ))
 }

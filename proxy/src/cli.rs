@@ -57,6 +57,9 @@ enum Command {
     },
     /// Read a password on stdin and print its SCRAM-SHA-256 verifier for `scram_verifier`.
     ScramVerifier,
+    /// The budget ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Make, rotate, drop and check master keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -110,6 +113,17 @@ enum Command {
 enum AuditFormat {
     Text,
     Json,
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Create the ledger's schema or bring it up to date (`sentinel run` does this itself at
+    /// start; this is for those who migrate before deploying). Needs the keyring when the
+    /// ledger password is sealed.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +203,7 @@ pub fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::ScramVerifier => scram_verifier(),
+        Command::Ledger(LedgerCommand::Migrate { config }) => ledger_migrate(&config.config),
         Command::Keys(KeysCommand::New { id }) => commands::keys_new(&id),
         Command::Keys(KeysCommand::Rotate { config, id }) => {
             commands::keys_rotate(&config.config, id.as_deref())
@@ -277,6 +292,39 @@ fn audit(path: &Path, options: AuditOptions, format: AuditFormat) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `sentinel ledger migrate`.
+fn ledger_migrate(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let ledger = config
+        .ledger
+        .as_ref()
+        .filter(|l| l.backend == crate::config::LedgerBackend::Postgres)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no [ledger] with backend = \"postgres\"",
+                path.display()
+            )
+        })?;
+    let secrets = Secrets::load(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let applied = runtime.block_on(crate::ledger::postgres::migrate(&config, ledger, &secrets))?;
+    let latest = crate::ledger::postgres::schema::latest();
+    if applied.is_empty() {
+        eprintln!(
+            "ledger schema {:?} is up to date (version {latest})",
+            ledger.schema
+        );
+    } else {
+        eprintln!(
+            "ledger schema {:?}: applied {applied:?}; now at version {latest}",
+            ledger.schema
+        );
+    }
+    Ok(())
 }
 
 fn scram_verifier() -> anyhow::Result<()> {

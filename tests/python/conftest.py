@@ -782,6 +782,9 @@ def llm_expected_micros(model: str, usage: dict) -> int:
 
 def render_llm_section(listen_port: int, mock_url: str, tenants: dict) -> str:
     out = f"""
+[ledger]
+backend = "memory"
+
 [llm]
 listen = "127.0.0.1:{listen_port}"
 connect_timeout = "1s"

@@ -31,6 +31,7 @@ pub struct LlmSetup {
     tenants: Vec<String>,
     options: Vec<(String, String)>,
     defaults: Option<String>,
+    ledger: String,
 }
 
 impl LlmSetup {
@@ -50,6 +51,7 @@ impl LlmSetup {
                 ("connect_retries".into(), "1".into()),
             ],
             defaults: None,
+            ledger: "backend = \"memory\"".to_owned(),
         }
     }
 
@@ -84,8 +86,16 @@ impl LlmSetup {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Replaces the `[ledger]` section (default: `backend = "memory"`), e.g. with a Postgres
+    /// ledger's raw TOML lines.
+    pub fn ledger(mut self, lines: &str) -> Self {
+        self.ledger = lines.to_owned();
+        self
+    }
+
     pub fn render(&self) -> String {
-        let mut out = format!("\n[llm]\nlisten = \"127.0.0.1:{}\"\n", self.port);
+        let mut out = format!("\n[ledger]\n{}\n", self.ledger);
+        let _ = write!(out, "\n[llm]\nlisten = \"127.0.0.1:{}\"\n", self.port);
         for (k, v) in &self.options {
             let _ = writeln!(out, "{k} = {v}");
         }

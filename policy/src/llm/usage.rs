@@ -6,7 +6,7 @@
 ///
 /// Why this split: each bucket has its own rate, and the buckets are disjoint, so pricing is
 /// one multiply per bucket whatever the provider's own convention was.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Uncached input tokens, priced at the input rate.
     pub input: u64,

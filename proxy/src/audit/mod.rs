@@ -373,9 +373,8 @@ where
 
 mod checks;
 mod report;
-mod tls;
 
+use crate::pg::client_tls::RustlsMakeConnect;
 use checks::check;
-use tls::RustlsMakeConnect;
 
 pub use report::{render_json, render_text};

@@ -13,6 +13,18 @@ use sentinel_policy::llm::{Micros, ModelPrice, PriceBook, Tokenizer};
 
 use super::{ConfigError, PasswordSource, SealedField, check_sealed, invalid};
 
+/// What the egress does while the ledger's database is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LedgerOutage {
+    /// New calls are refused (503): no spend that the ledger cannot hold (fail closed).
+    #[default]
+    Refuse,
+    /// New calls are served from the budget this replica already holds (its live lease), and
+    /// refused once that is used up.
+    UseLease,
+}
+
 /// What a provider speaks, which picks its paths, auth header and error shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,6 +66,9 @@ pub struct LlmConfig {
     /// `total_timeout`.
     #[serde(default = "defaults::reservation_ttl", with = "humantime_serde")]
     pub reservation_ttl: Duration,
+    /// While the ledger's database is unreachable: `refuse` (503) or `use-lease`.
+    #[serde(default)]
+    pub ledger_outage: LedgerOutage,
     /// Virtual key ids refused even though their MAC verifies.
     #[serde(default)]
     pub revoked_keys: Vec<String>,
@@ -452,6 +467,9 @@ api_key_env = "OPENAI_API_KEY"
 
 [llm.tenants.acme]
 budget_usd = "10"
+
+[ledger]
+backend = "memory"
 "#;
 
     fn error(text: &str) -> String {

@@ -18,10 +18,14 @@ use sentinel_policy::keys::{EnvSalt, is_sealed, sealed_key_id};
 
 use crate::pg::auth::scram::ScramVerifier;
 
+mod ledger;
 mod llm;
 mod tenancy;
 
-pub use llm::{LlmConfig, PriceConfig, ProviderConfig, ProviderKind, TenantLlmConfig};
+pub use ledger::{LedgerBackend, LedgerConfig};
+pub use llm::{
+    LedgerOutage, LlmConfig, PriceConfig, ProviderConfig, ProviderKind, TenantLlmConfig,
+};
 pub use tenancy::{AuditOnStart, Scope, Source, TenancyConfig, TenantConfig};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +42,9 @@ pub struct Config {
     /// The LLM egress proxy; absent: not started.
     #[serde(default)]
     pub llm: Option<LlmConfig>,
+    /// Where LLM budgets live; required with `[llm]`.
+    #[serde(default)]
+    pub ledger: Option<LedgerConfig>,
 }
 
 /// `[keys]`: where the master keyring comes from, and this environment's salt.
@@ -517,6 +524,17 @@ impl Config {
         self.tenancy.validate()?;
         if let Some(llm) = &self.llm {
             llm.validate()?;
+            if self.ledger.is_none() {
+                return Err(invalid(
+                    "ledger",
+                    "[llm] needs a [ledger]: the Postgres ledger shared by replicas (backend = \
+                     \"postgres\" with database, user and a password source), or backend = \
+                     \"memory\" for one process whose budgets restart with it",
+                ));
+            }
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.validate()?;
         }
         for name in &self.tenancy.bypass_users {
             if !self.postgres.users.iter().any(|u| &u.name == name) {
@@ -545,6 +563,9 @@ impl Config {
         }
         if let Some(llm) = &self.llm {
             llm.sealed_fields(&mut out);
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.sealed_fields(&mut out);
         }
         out
     }

@@ -315,7 +315,7 @@ impl Ledger for MemoryLedger {
                     provider: String::new(),
                     usage: Default::default(),
                     cost: hold.amount,
-                    outcome: "expired",
+                    outcome: "expired".to_owned(),
                     estimated: true,
                     at_unix: now,
                 };
@@ -391,7 +391,7 @@ mod tests {
             provider: "p".into(),
             usage: Default::default(),
             cost: Micros(cost),
-            outcome: "ok",
+            outcome: "ok".to_owned(),
             estimated: false,
             at_unix: 0,
         }

@@ -11,13 +11,15 @@
 //! backend shared by replicas is its own piece of work.
 
 mod memory;
+pub mod postgres;
+pub mod spool;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sentinel_policy::budget::{Period, Shortfall};
 use sentinel_policy::llm::{Micros, Usage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryLedger;
 
@@ -64,7 +66,7 @@ pub struct Reservation {
 }
 
 /// One call's record, written when it settles.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     pub request_id: String,
     pub tenant: String,
@@ -73,7 +75,7 @@ pub struct UsageEvent {
     pub usage: Usage,
     pub cost: Micros,
     /// How the call ended (`ok`, `upstream_error`, `client_gone`, …): a bounded label.
-    pub outcome: &'static str,
+    pub outcome: String,
     /// True when the cost is Sentinel's bound rather than the provider's reported usage.
     pub estimated: bool,
     pub at_unix: u64,

@@ -64,7 +64,7 @@ impl Settlement {
             provider: self.provider.clone(),
             usage,
             cost,
-            outcome,
+            outcome: outcome.to_owned(),
             estimated,
             at_unix: crate::ledger::Clock::now(&crate::ledger::SystemClock),
         }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod cancel;
+pub(crate) mod client_tls;
 mod conn;
 pub mod error;
 mod handshake;

@@ -1,4 +1,4 @@
-//! TLS towards Postgres for the audit (`tls = "verify-full"`): tokio-postgres' TLS hook on
+//! TLS towards Postgres for Sentinel's own clients (the audit, the ledger): tokio-postgres' TLS hook on
 //! tokio-rustls, with the proxy's own client config.
 
 use std::future::Future;
@@ -12,14 +12,14 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 
 /// tokio-postgres' TLS hook on tokio-rustls (tokio-postgres-rustls is not a dependency).
 #[derive(Clone)]
-pub(super) struct RustlsMakeConnect(pub(super) Arc<rustls::ClientConfig>);
+pub(crate) struct RustlsMakeConnect(pub(crate) Arc<rustls::ClientConfig>);
 
-pub(super) struct RustlsConnect {
+pub(crate) struct RustlsConnect {
     config: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
 }
 
-pub(super) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub(crate) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S> MakeTlsConnect<S> for RustlsMakeConnect
 where

@@ -1,0 +1,392 @@
+//! The ledger's background work: migrate, sync the configured budgets, write usage (spool first,
+//! then the database), heartbeat and return leases, sweep expired ones, refresh revocations.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use super::{Inner, Param, Record, schema, signed, to_time};
+use crate::config::{Config, LedgerConfig, UpstreamTls};
+use crate::ledger::BudgetSpec;
+use crate::ledger::spool::Spool;
+use crate::pg::client_tls::RustlsMakeConnect;
+use crate::secrets::Secrets;
+
+/// How often the worker wakes when no usage arrives.
+const TICK: Duration = Duration::from_millis(100);
+/// Usage records written per database round trip at most.
+const BATCH: usize = 500;
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// A lease unused this long (and owing nothing) is given back.
+const IDLE_LEASE: Duration = Duration::from_secs(2);
+
+/// The connection pool to the ledger database (connections open on first use).
+pub fn pool(config: &Config, ledger: &LedgerConfig, secrets: &Secrets) -> anyhow::Result<Pool> {
+    let upstream = &config.postgres.upstream;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(ledger.host.as_deref().unwrap_or(&upstream.host))
+        .port(ledger.port.unwrap_or(upstream.port))
+        .dbname(ledger.database.as_deref().unwrap_or_default())
+        .user(ledger.user.as_deref().unwrap_or_default())
+        .application_name("sentinel-ledger")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(password) = secrets
+        .read_password(&ledger.password())
+        .map_err(|e| anyhow::anyhow!("ledger password: {e}"))?
+    {
+        pg.password(password.as_bytes());
+    }
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match ledger.tls.unwrap_or(upstream.tls) {
+        UpstreamTls::Disable => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+        UpstreamTls::VerifyFull => {
+            let ca = ledger
+                .ca_file
+                .as_deref()
+                .or(upstream.ca_file.as_deref())
+                .ok_or_else(|| anyhow::anyhow!("ledger: tls = \"verify-full\" needs a ca_file"))?;
+            let tls = RustlsMakeConnect(crate::pg::tls::client_config(ca)?);
+            Manager::from_config(pg, tls, manager_config)
+        }
+    };
+    Ok(Pool::builder(manager).max_size(ledger.pool_size).build()?)
+}
+
+pub struct LedgerWorker {
+    inner: Arc<Inner>,
+    parts: Mutex<Option<Parts>>,
+}
+
+struct Parts {
+    records: mpsc::UnboundedReceiver<Record>,
+    spool: Spool<Record>,
+    /// Everything in the spool not yet recorded in the database, oldest first.
+    unrecorded: Vec<Record>,
+    budgets: Vec<(String, BudgetSpec)>,
+}
+
+impl LedgerWorker {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        records: mpsc::UnboundedReceiver<Record>,
+        spool_path: &Path,
+        budgets: Vec<(String, BudgetSpec)>,
+    ) -> anyhow::Result<LedgerWorker> {
+        let (spool, unrecorded) =
+            Spool::open(spool_path).map_err(|e| anyhow::anyhow!("ledger.spool_path: {e}"))?;
+        if !unrecorded.is_empty() {
+            tracing::warn!(records = unrecorded.len(), path = %spool_path.display(), "usage left in the spool by an earlier run: replaying");
+        }
+        inner
+            .stats
+            .spool_depth
+            .store(unrecorded.len(), Ordering::Relaxed);
+        Ok(LedgerWorker {
+            inner,
+            parts: Mutex::new(Some(Parts {
+                records,
+                spool,
+                unrecorded,
+                budgets,
+            })),
+        })
+    }
+
+    /// Applies the migrations now (for `sentinel ledger migrate`).
+    pub async fn migrate_now(&self) -> anyhow::Result<Vec<i32>> {
+        let mut client = self.inner.pool.get().await?;
+        Ok(schema::migrate(&mut client, &self.inner.schema).await?)
+    }
+}
+
+#[async_trait]
+impl BackgroundService for LedgerWorker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut parts) = self.parts.lock().take() else {
+            return;
+        };
+        let inner = &self.inner;
+        let mut ready = false;
+        let mut draining = false;
+        let mut last_setup_error = Instant::now() - Duration::from_secs(60);
+        let heartbeat_every = inner.lease_ttl / 3;
+        let mut last_heartbeat = Instant::now();
+        let mut last_sweep = Instant::now();
+        let mut last_refresh = Instant::now() - REFRESH_EVERY;
+        let mut batch = Vec::new();
+        let mut first = true;
+        loop {
+            if std::mem::take(&mut first) {
+                // Set up at once rather than after the first tick.
+            } else {
+                tokio::select! {
+                record = parts.records.recv() => match record {
+                    Some(r) => {
+                        batch.push(r);
+                        while batch.len() < BATCH {
+                            match parts.records.try_recv() {
+                                Ok(r) => batch.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(TICK) => {}
+                changed = shutdown.changed(), if !draining => {
+                    draining = changed.is_ok();
+                }
+                }
+            }
+            if !batch.is_empty() {
+                let n = batch.len();
+                match parts.spool.append(&batch) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "usage could not be spooled; writing it to the database only")
+                    }
+                }
+                parts.unrecorded.append(&mut batch);
+                inner.unspooled.fetch_sub(n, Ordering::SeqCst);
+            }
+            if !ready {
+                match setup(inner, &parts.budgets).await {
+                    Ok(applied) => {
+                        ready = true;
+                        inner.ready.send_replace(true);
+                        if !applied.is_empty() {
+                            tracing::info!(?applied, schema = %inner.schema, "ledger migrated");
+                        }
+                    }
+                    Err(e) => {
+                        if last_setup_error.elapsed() > Duration::from_secs(10) {
+                            tracing::error!(error = %e, "ledger database not ready; LLM calls that need it are refused");
+                            last_setup_error = Instant::now();
+                        }
+                        continue;
+                    }
+                }
+            }
+            if !parts.unrecorded.is_empty() {
+                flush(inner, &mut parts).await;
+            }
+            if draining || last_heartbeat.elapsed() >= heartbeat_every {
+                heartbeat(inner, draining).await;
+                last_heartbeat = Instant::now();
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                let _ = inner.sweep().await;
+                last_sweep = Instant::now();
+            }
+            if last_refresh.elapsed() >= REFRESH_EVERY {
+                refresh(inner).await;
+                last_refresh = Instant::now();
+            }
+            if !inner.healthy() {
+                let _ = inner.query("ping", "SELECT 1", &[]).await;
+            }
+        }
+    }
+}
+
+/// Migrations, the time zone check, and the configured budgets.
+async fn setup(inner: &Inner, budgets: &[(String, BudgetSpec)]) -> anyhow::Result<Vec<i32>> {
+    let mut client = inner.pool.get().await?;
+    let applied = schema::migrate(&mut client, &inner.schema).await?;
+    client
+        .query_one("SELECT now() AT TIME ZONE $1", &[&inner.tz])
+        .await
+        .map_err(|e| anyhow::anyhow!("ledger.time_zone {:?}: {e}", inner.tz))?;
+    drop(client);
+    for (tenant, spec) in budgets {
+        inner.upsert_budget(tenant, spec, true).await?;
+    }
+    inner.mark_ok();
+    Ok(applied)
+}
+
+/// Writes every unrecorded record; those written leave the spool once all are.
+async fn flush(inner: &Inner, parts: &mut Parts) {
+    let s = &inner.schema;
+    let record_sql = format!(
+        "SELECT {s}.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    );
+    let close_sql = format!("SELECT {s}.lease_return($1, 0, 0, true, $2, $2, $3)");
+    let mut done = 0;
+    for record in &parts.unrecorded {
+        let result = match record {
+            Record::Usage {
+                event,
+                lease,
+                close,
+            } => {
+                let u = &event.usage;
+                let params: Vec<Param> = vec![
+                    Box::new(event.request_id.clone()),
+                    Box::new(event.tenant.clone()),
+                    Box::new(event.model.clone()),
+                    Box::new(event.provider.clone()),
+                    Box::new(lease.clone()),
+                    Box::new(signed(u.input)),
+                    Box::new(signed(u.cached_input)),
+                    Box::new(signed(u.cache_write_5m)),
+                    Box::new(signed(u.cache_write_1h)),
+                    Box::new(signed(u.output)),
+                    Box::new(signed(u.reasoning)),
+                    Box::new(signed(event.cost.0)),
+                    Box::new(event.outcome.clone()),
+                    Box::new(event.estimated),
+                    Box::new(to_time(event.at_unix)),
+                    Box::new(inner.replica.clone()),
+                    Box::new(*close),
+                    Box::new(inner.tz.clone()),
+                ];
+                inner
+                    .query("usage record", &record_sql, &params)
+                    .await
+                    .map(|_| {
+                        if let (Some(lease), false) = (lease, close) {
+                            let mut state = inner.state.lock();
+                            if let Some(local) = state.leases.get_mut(&event.tenant)
+                                && &local.id == lease
+                            {
+                                local.recorded(event.cost.0);
+                            }
+                        }
+                    })
+            }
+            Record::Release { lease } => {
+                let params: Vec<Param> = vec![
+                    Box::new(lease.clone()),
+                    Box::new(inner.now()),
+                    Box::new(inner.tz.clone()),
+                ];
+                inner
+                    .query("release", &close_sql, &params)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if result.is_err() {
+            break;
+        }
+        done += 1;
+    }
+    parts.unrecorded.drain(..done);
+    if parts.unrecorded.is_empty() {
+        if let Err(e) = parts.spool.clear() {
+            tracing::error!(error = %e, "recorded usage could not be cleared from the spool; it will be replayed (harmlessly) later");
+        }
+    }
+    inner
+        .stats
+        .spool_depth
+        .store(parts.unrecorded.len(), Ordering::Relaxed);
+}
+
+/// Renews live leases with what they may owe, gives back idle ones (all of them while
+/// draining), forgets dead ones that owe nothing.
+async fn heartbeat(inner: &Inner, draining: bool) {
+    let now = Instant::now();
+    let snapshot: Vec<(String, String, u64, bool, bool)> = {
+        let mut state = inner.state.lock();
+        state
+            .leases
+            .retain(|_, l| !(l.amount == 0 && l.owed() == 0 && (l.dead || !l.usable(now))));
+        state
+            .leases
+            .iter()
+            .map(|(tenant, l)| {
+                let idle = l.owed() == 0 && (draining || l.idle(now, IDLE_LEASE));
+                (tenant.clone(), l.id.clone(), l.owed(), idle, l.dead)
+            })
+            .collect()
+    };
+    let s = &inner.schema;
+    for (tenant, id, owed, idle, dead) in snapshot {
+        if dead {
+            continue;
+        }
+        let expires = to_time(inner.clock.now()) + inner.lease_ttl;
+        if idle {
+            let sql = format!("SELECT {s}.lease_return($1, 0, 0, true, $2, $3, $4)");
+            let params: Vec<Param> = vec![
+                Box::new(id.clone()),
+                Box::new(inner.now()),
+                Box::new(expires),
+                Box::new(inner.tz.clone()),
+            ];
+            if inner.query("lease return", &sql, &params).await.is_ok() {
+                let mut state = inner.state.lock();
+                if state
+                    .leases
+                    .get(&tenant)
+                    .is_some_and(|l| l.id == id && l.owed() == 0)
+                {
+                    state.leases.remove(&tenant);
+                }
+            }
+            continue;
+        }
+        let sql = format!(
+            "UPDATE {s}.leases SET expires_at = $2, owed = $3 WHERE id = $1 AND state = 'live' RETURNING amount"
+        );
+        let params: Vec<Param> = vec![
+            Box::new(id.clone()),
+            Box::new(expires),
+            Box::new(signed(owed)),
+        ];
+        if let Ok(rows) = inner.query("lease heartbeat", &sql, &params).await {
+            let mut state = inner.state.lock();
+            if let Some(local) = state.leases.get_mut(&tenant)
+                && local.id == id
+            {
+                if rows.is_empty() {
+                    if local.amount > 0 {
+                        tracing::warn!(lease = %id, "lease was swept by another replica; starting a new one");
+                    }
+                    local.dead = true;
+                } else {
+                    local.renewed(Instant::now(), inner.lease_ttl);
+                }
+            }
+        }
+    }
+}
+
+/// Reloads the revoked key ids and the (tenant, model) budgets from the database.
+async fn refresh(inner: &Inner) {
+    let s = &inner.schema;
+    if let Ok(rows) = inner
+        .query(
+            "revocations",
+            &format!("SELECT key_id FROM {s}.revoked_keys"),
+            &[],
+        )
+        .await
+    {
+        let mut revoked = inner.revoked.write();
+        revoked.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    if let Ok(rows) = inner
+        .query(
+            "budget scopes",
+            &format!("SELECT tenant, scope FROM {s}.budgets WHERE scope <> ''"),
+            &[],
+        )
+        .await
+    {
+        *inner.narrowed.write() = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    }
+}
