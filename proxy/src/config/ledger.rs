@@ -186,3 +186,86 @@ mod defaults {
         4
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, LedgerBackend};
+
+    const BASE: &str = r#"
+[keys]
+salt = "46TaY3MHFe+hUwfJlWEhphIPQoXgmg2UV42DWWLQDEk="
+
+[postgres.upstream]
+host = "db.internal"
+port = 5433
+
+[[postgres.users]]
+name = "app"
+auth = "trust"
+
+[llm]
+[[llm.providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+models = ["gpt-4o-mini"]
+api_key_env = "OPENAI_API_KEY"
+
+[ledger]
+database = "app"
+user = "sentinel_ledger"
+password_env = "LEDGER_PW"
+"#;
+
+    #[test]
+    fn postgres_is_the_default_backend() {
+        let c = Config::parse(BASE).expect("valid");
+        let l = c.ledger.as_ref().expect("[ledger]");
+        assert_eq!(l.backend, LedgerBackend::Postgres);
+        assert_eq!(
+            (l.schema.as_str(), l.time_zone.as_str()),
+            ("sentinel", "UTC")
+        );
+        assert_eq!(c.sealed_fields().len(), 0);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (BASE.replace("user = \"sentinel_ledger\"\n", ""), "ledger.user"),
+            (BASE.replace("database = \"app\"\n", ""), "ledger.database"),
+            (BASE.replace("[ledger]", "[ledger]\nschema = \"Bad-Name\""), "ledger.schema"),
+            (BASE.replace("[ledger]", "[ledger]\nlease_ttl = \"1s\""), "ledger.lease_ttl"),
+            (BASE.replace("[ledger]", "[ledger]\npool_size = 0"), "ledger.pool_size"),
+            (
+                BASE.replace("password_env = \"LEDGER_PW\"", "password_env = \"A\"\npassword_file = \"/p\""),
+                "at most one",
+            ),
+            (
+                BASE.replace("password_env = \"LEDGER_PW\"", "password_sealed = \"hunter2\""),
+                "ledger.password_sealed",
+            ),
+            (
+                BASE.replace("[ledger]\ndatabase = \"app\"\nuser = \"sentinel_ledger\"\npassword_env = \"LEDGER_PW\"\n", ""),
+                "[llm] needs a [ledger]",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(&text).expect_err(want).to_string();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_memory_backend_needs_no_database() {
+        let text = BASE.replace(
+            "[ledger]\ndatabase = \"app\"\nuser = \"sentinel_ledger\"\npassword_env = \"LEDGER_PW\"\n",
+            "[ledger]\nbackend = \"memory\"\n",
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(
+            c.ledger.as_ref().map(|l| l.backend),
+            Some(LedgerBackend::Memory)
+        );
+    }
+}

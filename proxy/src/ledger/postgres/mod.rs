@@ -146,6 +146,18 @@ impl State {
     }
 }
 
+/// A `lease_take` request: grow `lease` (over `scopes`, in order) by at least `need`, at most
+/// `want`, reporting that the lease may owe `owed`, valid until `expires`.
+struct Slice<'a> {
+    lease: &'a str,
+    tenant: &'a str,
+    scopes: &'a [String],
+    need: u64,
+    want: u64,
+    owed: u64,
+    expires: SystemTime,
+}
+
 /// What `lease_take` answered.
 enum Take {
     Granted(u64),
@@ -326,16 +338,16 @@ impl Inner {
         }
     }
 
-    async fn lease_take(
-        &self,
-        lease: &str,
-        tenant: &str,
-        scopes: &[String],
-        need: u64,
-        want: u64,
-        owed: u64,
-        expires: SystemTime,
-    ) -> Result<Take, LedgerError> {
+    async fn lease_take(&self, slice: Slice<'_>) -> Result<Take, LedgerError> {
+        let Slice {
+            lease,
+            tenant,
+            scopes,
+            need,
+            want,
+            owed,
+            expires,
+        } = slice;
         let sql = format!(
             "SELECT granted, short_scope, limit_micros, spent, reserved FROM {}.lease_take($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             self.schema
@@ -501,18 +513,16 @@ impl Inner {
             }
             let expires = to_time(self.clock.now()) + self.lease_ttl;
             let scopes = [String::new()];
-            match self
-                .lease_take(
-                    &lease_id,
-                    &request.tenant,
-                    &scopes,
-                    need,
-                    want,
-                    owed,
-                    expires,
-                )
-                .await?
-            {
+            let slice = Slice {
+                lease: &lease_id,
+                tenant: &request.tenant,
+                scopes: &scopes,
+                need,
+                want,
+                owed,
+                expires,
+            };
+            match self.lease_take(slice).await? {
                 Take::Granted(granted) => {
                     let mut state = self.state.lock();
                     if let Some(lease) = state.leases.get_mut(&request.tenant)
@@ -575,18 +585,16 @@ impl Inner {
         let scopes = [String::new(), request.model.clone()];
         let expires = to_time(self.clock.now()) + request.ttl;
         self.stats.db_reservations.fetch_add(1, Ordering::Relaxed);
-        match self
-            .lease_take(
-                &id.0,
-                &request.tenant,
-                &scopes,
-                amount,
-                amount,
-                amount,
-                expires,
-            )
-            .await?
-        {
+        let slice = Slice {
+            lease: &id.0,
+            tenant: &request.tenant,
+            scopes: &scopes,
+            need: amount,
+            want: amount,
+            owed: amount,
+            expires,
+        };
+        match self.lease_take(slice).await? {
             Take::Granted(_) => {
                 self.state.lock().holds.insert(
                     id.clone(),

@@ -135,6 +135,9 @@ BEGIN
               + b.reserved + p_need <= b.limit_micros
         RETURNING b.last_grant INTO got;
         IF NOT FOUND THEN
+            -- A lease that holds nothing (a refused one-call lease, or an empty slice) must not
+            -- linger: the sweeper would charge what it says it owes.
+            DELETE FROM {s}.leases WHERE id = p_lease AND amount = 0;
             -- Give back what earlier scopes granted in this call, then say which one is short.
             FOR i IN 1 .. coalesce(array_length(grants, 1), 0) LOOP
                 UPDATE {s}.budgets b SET reserved = b.reserved - grants[i]

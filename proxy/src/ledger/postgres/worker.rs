@@ -70,7 +70,8 @@ pub struct LedgerWorker {
 
 struct Parts {
     records: mpsc::UnboundedReceiver<Record>,
-    spool: Spool<Record>,
+    /// Only the worker uses it; shared so its fsyncs can run on a blocking thread.
+    spool: Arc<Mutex<Spool<Record>>>,
     /// Everything in the spool not yet recorded in the database, oldest first.
     unrecorded: Vec<Record>,
     budgets: Vec<(String, BudgetSpec)>,
@@ -96,7 +97,7 @@ impl LedgerWorker {
             inner,
             parts: Mutex::new(Some(Parts {
                 records,
-                spool,
+                spool: Arc::new(Mutex::new(spool)),
                 unrecorded,
                 budgets,
             })),
@@ -151,11 +152,14 @@ impl BackgroundService for LedgerWorker {
             }
             if !batch.is_empty() {
                 let n = batch.len();
-                match parts.spool.append(&batch) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "usage could not be spooled; writing it to the database only")
-                    }
+                let (spool, records) = (parts.spool.clone(), batch.clone());
+                let appended =
+                    tokio::task::spawn_blocking(move || spool.lock().append(&records)).await;
+                if !matches!(appended, Ok(Ok(()))) {
+                    tracing::error!(
+                        ?appended,
+                        "usage could not be spooled; writing it to the database only"
+                    );
                 }
                 parts.unrecorded.append(&mut batch);
                 inner.unspooled.fetch_sub(n, Ordering::SeqCst);
@@ -285,8 +289,13 @@ async fn flush(inner: &Inner, parts: &mut Parts) {
     }
     parts.unrecorded.drain(..done);
     if parts.unrecorded.is_empty() {
-        if let Err(e) = parts.spool.clear() {
-            tracing::error!(error = %e, "recorded usage could not be cleared from the spool; it will be replayed (harmlessly) later");
+        let spool = parts.spool.clone();
+        let cleared = tokio::task::spawn_blocking(move || spool.lock().clear()).await;
+        if !matches!(cleared, Ok(Ok(()))) {
+            tracing::error!(
+                ?cleared,
+                "recorded usage could not be cleared from the spool; it will be replayed (harmlessly) later"
+            );
         }
     }
     inner
@@ -301,9 +310,11 @@ async fn heartbeat(inner: &Inner, draining: bool) {
     let now = Instant::now();
     let snapshot: Vec<(String, String, u64, bool, bool)> = {
         let mut state = inner.state.lock();
+        // A dead lease (swept or closed in the database) owing nothing has nothing to return;
+        // an empty one nobody can use either.
         state
             .leases
-            .retain(|_, l| !(l.amount == 0 && l.owed() == 0 && (l.dead || !l.usable(now))));
+            .retain(|_, l| !(l.owed() == 0 && (l.dead || (l.amount == 0 && !l.usable(now)))));
         state
             .leases
             .iter()
