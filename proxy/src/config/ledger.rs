@@ -69,26 +69,12 @@ impl LedgerConfig {
     }
 
     pub fn password(&self) -> PasswordSource {
-        let context = self.password_context();
-        match (
-            &self.password_sealed,
-            &self.password_env,
-            &self.password_file,
-        ) {
-            (Some(value), _, _) => PasswordSource::Sealed {
-                value: value.clone(),
-                context,
-            },
-            (None, Some(var), _) => PasswordSource::Env {
-                var: var.clone(),
-                context,
-            },
-            (None, None, Some(path)) => PasswordSource::File {
-                path: path.clone(),
-                context,
-            },
-            (None, None, None) => PasswordSource::None,
-        }
+        PasswordSource::from_fields(
+            self.password_sealed.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+            self.password_context(),
+        )
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

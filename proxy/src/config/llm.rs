@@ -164,22 +164,12 @@ impl ProviderConfig {
     }
 
     pub fn api_key(&self) -> PasswordSource {
-        let context = self.api_key_context();
-        match (&self.api_key_sealed, &self.api_key_env, &self.api_key_file) {
-            (Some(value), _, _) => PasswordSource::Sealed {
-                value: value.clone(),
-                context,
-            },
-            (None, Some(var), _) => PasswordSource::Env {
-                var: var.clone(),
-                context,
-            },
-            (None, None, Some(path)) => PasswordSource::File {
-                path: path.clone(),
-                context,
-            },
-            (None, None, None) => PasswordSource::None,
-        }
+        PasswordSource::from_fields(
+            self.api_key_sealed.as_deref(),
+            self.api_key_env.as_deref(),
+            self.api_key_file.as_deref(),
+            self.api_key_context(),
+        )
     }
 }
 

@@ -288,26 +288,12 @@ impl UserConfig {
 
     /// Where the upstream password comes from.
     pub fn server_password(&self) -> PasswordSource {
-        let context = self.server_password_context();
-        match (
-            &self.server_password_sealed,
-            &self.server_password_env,
-            &self.server_password_file,
-        ) {
-            (Some(value), _, _) => PasswordSource::Sealed {
-                value: value.clone(),
-                context,
-            },
-            (None, Some(var), _) => PasswordSource::Env {
-                var: var.clone(),
-                context,
-            },
-            (None, None, Some(path)) => PasswordSource::File {
-                path: path.clone(),
-                context,
-            },
-            (None, None, None) => PasswordSource::None,
-        }
+        PasswordSource::from_fields(
+            self.server_password_sealed.as_deref(),
+            self.server_password_env.as_deref(),
+            self.server_password_file.as_deref(),
+            self.server_password_context(),
+        )
     }
 }
 
@@ -335,6 +321,33 @@ pub enum PasswordSource {
         value: String,
         context: String,
     },
+}
+
+impl PasswordSource {
+    /// The source a config entry names with its `…_sealed`, `…_env` and `…_file` fields, in
+    /// that order of precedence (validation allows one of them), sealed for `context`.
+    pub fn from_fields(
+        sealed: Option<&str>,
+        env: Option<&str>,
+        file: Option<&Path>,
+        context: String,
+    ) -> PasswordSource {
+        match (sealed, env, file) {
+            (Some(value), _, _) => PasswordSource::Sealed {
+                value: value.to_owned(),
+                context,
+            },
+            (None, Some(var), _) => PasswordSource::Env {
+                var: var.to_owned(),
+                context,
+            },
+            (None, None, Some(path)) => PasswordSource::File {
+                path: path.to_owned(),
+                context,
+            },
+            (None, None, None) => PasswordSource::None,
+        }
+    }
 }
 
 impl std::fmt::Debug for PasswordSource {
