@@ -10,14 +10,12 @@ use sentinel_policy::budget::Account;
 use sentinel_policy::llm::Micros;
 
 use super::{
-    Balance, BudgetSpec, Clock, Ledger, LedgerError, Reservation, ReservationId, ReserveRequest,
-    Settled, UsageEvent,
+    Balance, BudgetSpec, Clock, Ended, Ledger, LedgerError, Reservation, ReservationId,
+    ReserveRequest, Settled, UsageEvent,
 };
 
 /// Usage events kept per tenant (the newest; older ones are dropped).
 const EVENTS_PER_TENANT: usize = 1_000;
-/// Ended reservation ids remembered so a repeated settle is answered `Already`.
-const ENDED_REMEMBERED: usize = 100_000;
 
 pub struct MemoryLedger {
     clock: Arc<dyn Clock>,
@@ -30,8 +28,7 @@ pub struct MemoryLedger {
 struct State {
     tenants: HashMap<String, TenantBudget>,
     holds: HashMap<ReservationId, Hold>,
-    ended: HashSet<ReservationId>,
-    ended_order: VecDeque<ReservationId>,
+    ended: Ended,
     events: HashMap<String, VecDeque<UsageEvent>>,
     revoked: HashSet<String>,
 }
@@ -136,12 +133,6 @@ impl State {
     fn end(&mut self, id: &ReservationId) -> Option<Hold> {
         let hold = self.holds.remove(id)?;
         self.ended.insert(id.clone());
-        self.ended_order.push_back(id.clone());
-        while self.ended_order.len() > ENDED_REMEMBERED {
-            if let Some(old) = self.ended_order.pop_front() {
-                self.ended.remove(&old);
-            }
-        }
         Some(hold)
     }
 
@@ -208,11 +199,7 @@ impl Ledger for MemoryLedger {
         let now = self.clock.now();
         let mut state = self.state.lock();
         let Some(hold) = state.end(id) else {
-            return if state.ended.contains(id) {
-                Ok(Settled::Already)
-            } else {
-                Err(LedgerError::UnknownReservation(id.clone()))
-            };
+            return state.ended.again(id);
         };
         if let Some(budget) = state.tenants.get_mut(&hold.tenant) {
             budget.roll(now);
@@ -225,11 +212,7 @@ impl Ledger for MemoryLedger {
     async fn release(&self, id: &ReservationId) -> Result<Settled, LedgerError> {
         let mut state = self.state.lock();
         let Some(hold) = state.end(id) else {
-            return if state.ended.contains(id) {
-                Ok(Settled::Already)
-            } else {
-                Err(LedgerError::UnknownReservation(id.clone()))
-            };
+            return state.ended.again(id);
         };
         state.charge(&hold, Micros::ZERO);
         Ok(Settled::Now)

@@ -169,6 +169,42 @@ pub trait Ledger: Send + Sync + 'static {
     async fn is_revoked(&self, key_id: &str) -> Result<bool, LedgerError>;
 }
 
+/// Reservation ids that have ended (the newest 100,000), so a repeated settlement of the same
+/// call is answered [`Settled::Already`] rather than charged again.
+#[derive(Default)]
+pub(crate) struct Ended {
+    set: std::collections::HashSet<ReservationId>,
+    order: std::collections::VecDeque<ReservationId>,
+}
+
+impl Ended {
+    const REMEMBERED: usize = 100_000;
+
+    pub(crate) fn insert(&mut self, id: ReservationId) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &ReservationId) -> bool {
+        self.set.contains(id)
+    }
+
+    /// The answer to settling `id` again: `Already` if it ended, else unknown.
+    pub(crate) fn again(&self, id: &ReservationId) -> Result<Settled, LedgerError> {
+        if self.contains(id) {
+            Ok(Settled::Already)
+        } else {
+            Err(LedgerError::UnknownReservation(id.clone()))
+        }
+    }
+}
+
 /// The clock the ledger reads: unix seconds. Injected so period rollover can be tested.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> u64;

@@ -16,7 +16,7 @@ mod lease;
 pub mod schema;
 mod worker;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,16 +33,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    Balance, BudgetSpec, Clock, Ledger, LedgerError, Reservation, ReservationId, ReserveRequest,
-    Settled, UsageEvent,
+    Balance, BudgetSpec, Clock, Ended, Ledger, LedgerError, Reservation, ReservationId,
+    ReserveRequest, Settled, UsageEvent,
 };
 use crate::config::{LedgerConfig, LedgerOutage};
 use lease::LocalLease;
 
 pub use worker::LedgerWorker;
 
-/// Ended reservation ids remembered so a repeated settle is answered `Already`.
-const ENDED_REMEMBERED: usize = 100_000;
 /// Attempts of a statement that hit a deadlock or a serialization failure.
 const RETRIES: u32 = 5;
 /// Longest a call waits for the ledger to be ready at start.
@@ -112,8 +110,7 @@ struct Inner {
 struct State {
     leases: HashMap<String, LocalLease>,
     holds: HashMap<ReservationId, Hold>,
-    ended: HashSet<ReservationId>,
-    ended_order: VecDeque<ReservationId>,
+    ended: Ended,
 }
 
 struct Hold {
@@ -128,21 +125,11 @@ impl State {
     fn end(&mut self, id: &ReservationId) -> Option<Hold> {
         let hold = self.holds.remove(id)?;
         self.ended.insert(id.clone());
-        self.ended_order.push_back(id.clone());
-        while self.ended_order.len() > ENDED_REMEMBERED {
-            if let Some(old) = self.ended_order.pop_front() {
-                self.ended.remove(&old);
-            }
-        }
         Some(hold)
     }
 
     fn already(&self, id: &ReservationId) -> Result<Settled, LedgerError> {
-        if self.ended.contains(id) {
-            Ok(Settled::Already)
-        } else {
-            Err(LedgerError::UnknownReservation(id.clone()))
-        }
+        self.ended.again(id)
     }
 }
 
