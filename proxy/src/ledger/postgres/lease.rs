@@ -4,9 +4,15 @@
 //! parts of it here without a round trip; a settled call's cost stays `pending` until its usage
 //! is recorded, when the database and this copy both take it off `amount`. So at any moment
 //! `holds + pending <= amount` is what this replica may still owe, and the heartbeat reports it
-//! as `owed` for the sweeper, should the replica die.
+//! as `owed` for the sweeper, should the replica die. What each call contributed to the last
+//! report is remembered (`reported`), so recording its usage takes exactly that off `owed` and
+//! a sweep after a crash never charges a call that was already recorded.
+
+use std::collections::HashMap;
 
 use std::time::{Duration, Instant};
+
+use crate::ledger::ReservationId;
 
 /// How many seconds of this tenant's recent spend rate a top-up asks for.
 const SLICE_SECS: f64 = 5.0;
@@ -19,6 +25,10 @@ pub struct LocalLease {
     pub amount: u64,
     pub holds: u64,
     pub pending: u64,
+    /// Settled calls not yet recorded, with their costs.
+    pending_calls: HashMap<ReservationId, u64>,
+    /// What each call contributed to the `owed` of the last heartbeat.
+    reported: HashMap<ReservationId, u64>,
     /// Past this, the lease may have been swept by another replica: no new holds from it.
     pub valid_until: Instant,
     pub last_used: Instant,
@@ -36,6 +46,8 @@ impl LocalLease {
             amount: 0,
             holds: 0,
             pending: 0,
+            pending_calls: HashMap::new(),
+            reported: HashMap::new(),
             valid_until: now + usable(ttl),
             last_used: now,
             rate: 0.0,
@@ -90,16 +102,38 @@ impl LocalLease {
         self.holds = self.holds.saturating_sub(hold);
     }
 
-    pub fn settle(&mut self, hold: u64, cost: u64) {
+    pub fn settle(&mut self, id: &ReservationId, hold: u64, cost: u64) {
         self.holds = self.holds.saturating_sub(hold);
         self.pending += cost;
+        self.pending_calls.insert(id.clone(), cost);
     }
 
-    /// A settled cost was recorded: the database took it off the lease (at most what the lease
-    /// still held).
-    pub fn recorded(&mut self, cost: u64) {
-        self.pending = self.pending.saturating_sub(cost);
-        self.amount = self.amount.saturating_sub(cost);
+    /// A settled call's usage was recorded: the database took its cost off the lease (at most
+    /// what the lease still held). Returns what the call contributed to the last heartbeat's
+    /// `owed`, for the database to take off too.
+    pub fn recorded(&mut self, id: &ReservationId, cost: u64) -> u64 {
+        if self.pending_calls.remove(id).is_some() {
+            self.pending = self.pending.saturating_sub(cost);
+            self.amount = self.amount.saturating_sub(cost);
+        }
+        self.reported.remove(id).unwrap_or(0)
+    }
+
+    /// What `id` contributed to the last heartbeat's `owed`.
+    pub fn reported_of(&self, id: &ReservationId) -> u64 {
+        self.reported.get(id).copied().unwrap_or(0)
+    }
+
+    /// The heartbeat's report: `in_flight` are the holds of this lease's calls in flight. Returns
+    /// the total owed, and remembers each call's part.
+    pub fn report(&mut self, in_flight: impl Iterator<Item = (ReservationId, u64)>) -> u64 {
+        self.reported = in_flight.collect();
+        self.reported.extend(
+            self.pending_calls
+                .iter()
+                .map(|(id, cost)| (id.clone(), *cost)),
+        );
+        self.reported.values().sum()
     }
 
     pub fn idle(&self, now: Instant, after: Duration) -> bool {
@@ -127,13 +161,38 @@ mod tests {
         l.amount = 100;
         assert!(l.try_hold(60, t0));
         assert!(!l.try_hold(41, t0));
-        l.settle(60, 50);
+        let id = ReservationId("r1".into());
+        l.settle(&id, 60, 50);
         assert_eq!((l.available(), l.owed()), (50, 50));
-        l.recorded(50);
+        assert_eq!(
+            l.report(std::iter::empty()),
+            50,
+            "a settled call owes its cost"
+        );
+        assert_eq!(
+            l.recorded(&id, 50),
+            50,
+            "recording takes off what was reported"
+        );
+        assert_eq!(l.recorded(&id, 50), 0, "and only once");
         assert_eq!((l.amount, l.pending, l.available()), (50, 0, 50));
         assert!(l.try_hold(50, t0));
         l.release(50);
         assert_eq!(l.available(), 50);
+    }
+
+    #[test]
+    fn a_call_in_flight_is_reported_with_its_hold() {
+        let t0 = Instant::now();
+        let mut l = LocalLease::new("l".into(), t0, Duration::from_secs(15));
+        l.amount = 500;
+        assert!(l.try_hold(228, t0));
+        let id = ReservationId("r1".into());
+        assert_eq!(l.report([(id.clone(), 228)].into_iter()), 228);
+        l.settle(&id, 228, 210);
+        // Recorded before the next heartbeat: the database takes off what it was told, 228.
+        assert_eq!(l.recorded(&id, 210), 228);
+        assert_eq!((l.amount, l.owed()), (290, 0));
     }
 
     #[test]

@@ -448,8 +448,9 @@ impl Inner {
                     .leases
                     .entry(request.tenant.clone())
                     .or_insert_with(|| LocalLease::new(new_lease_id(), now, ttl));
-                if !lease.usable(now) && lease.owed() == 0 {
-                    // Expired locally with nothing in flight: start a fresh one.
+                if lease.dead {
+                    // Swept or closed in the database: its calls in flight record against what
+                    // the sweep charged. New calls get a new lease.
                     *lease = LocalLease::new(new_lease_id(), now, ttl);
                 }
                 let healthy = self.healthy() || self.last_ok.load(Ordering::Relaxed) == 0;
@@ -474,11 +475,8 @@ impl Inner {
                         near_limit: false,
                     });
                 }
-                if !lease.usable(now) {
-                    // Expired with calls in flight: it ends when they settle; start another.
-                    let old = std::mem::replace(lease, LocalLease::new(new_lease_id(), now, ttl));
-                    drop(old);
-                }
+                // A lease past its local validity is renewed by the top-up below if the
+                // database still has it live, or found swept (and replaced next time round).
                 let need = amount.saturating_sub(lease.available()).max(1);
                 (lease.id.clone(), need, lease.want(need), lease.owed())
             };
@@ -691,7 +689,7 @@ impl Ledger for PgLedger {
                 && let Some(lease) = state.leases.get_mut(&hold.tenant)
                 && lease.id == hold.lease
             {
-                lease.settle(hold.amount, event.cost.0);
+                lease.settle(id, hold.amount, event.cost.0);
             }
             hold
         };

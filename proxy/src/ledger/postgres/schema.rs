@@ -116,7 +116,7 @@ DECLARE
 BEGIN
     INSERT INTO {s}.leases AS l (id, tenant, scopes, replica, owed, expires_at)
     VALUES (p_lease, p_tenant, p_scopes, p_replica, p_owed, p_expires)
-    ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, owed = EXCLUDED.owed
+    ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
         WHERE l.state = 'live';
     IF NOT FOUND THEN
         RETURN QUERY SELECT 0::bigint, '!lease'::text, NULL::bigint, NULL::bigint, NULL::bigint;
@@ -168,15 +168,22 @@ CREATE FUNCTION {s}.record(
     p_request_id text, p_tenant text, p_model text, p_provider text, p_lease text,
     p_input bigint, p_cached bigint, p_cw5 bigint, p_cw1 bigint, p_output bigint, p_reasoning bigint,
     p_cost bigint, p_outcome text, p_estimated boolean, p_at timestamptz, p_replica text,
-    p_close boolean, p_tz text)
+    p_close boolean, p_tz text, p_reported bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     l {s}.leases%ROWTYPE;
     spend bigint := p_cost;
     free bigint := 0;
+    counted boolean;
     sc text;
 BEGIN
     SELECT * INTO l FROM {s}.leases WHERE id = p_lease FOR UPDATE;
+    IF l.state = 'live' AND l.replica <> p_replica AND NOT p_close THEN
+        -- A previous run's lease, replayed from its spool: that run is gone, so end its lease
+        -- as the sweeper would (charging what it owed), and let this event use up that charge.
+        PERFORM {s}.sweep_one(l.id, p_at, p_tz);
+        SELECT * INTO l FROM {s}.leases WHERE id = p_lease;
+    END IF;
     INSERT INTO {s}.usage_events (request_id, tenant, model, provider, lease_id, input_tokens,
         cached_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens,
         reasoning_tokens, cost, outcome, estimated, at, replica)
@@ -187,6 +194,8 @@ BEGIN
         RETURN false;
     END IF;
     IF l.id IS NULL THEN
+        SELECT {s}.period_start(b.period, p_at, p_tz) >= b.period_start INTO counted
+        FROM {s}.budgets b WHERE b.tenant = p_tenant AND b.scope = '';
         PERFORM {s}.charge(p_tenant, '', p_at, p_tz, spend, 0);
     ELSE
         IF l.state = 'swept' THEN
@@ -195,14 +204,19 @@ BEGIN
         ELSIF l.state = 'live' THEN
             free := CASE WHEN p_close THEN l.amount ELSE LEAST(p_cost, l.amount) END;
             UPDATE {s}.leases SET amount = amount - free,
+                owed = GREATEST(0, owed - p_reported),
                 state = CASE WHEN p_close THEN 'closed' ELSE state END
             WHERE id = l.id;
         END IF;
+        -- Counted only if the event is not from a period before the budget's current one.
+        SELECT {s}.period_start(b.period, p_at, p_tz) >= b.period_start INTO counted
+        FROM {s}.budgets b WHERE b.tenant = l.tenant AND b.scope = '';
         FOREACH sc IN ARRAY l.scopes LOOP
             PERFORM {s}.charge(l.tenant, sc, p_at, p_tz, spend, -free);
         END LOOP;
     END IF;
-    UPDATE {s}.usage_events SET charged = spend WHERE request_id = p_request_id;
+    UPDATE {s}.usage_events SET charged = CASE WHEN coalesce(counted, true) THEN spend ELSE 0 END
+    WHERE request_id = p_request_id;
     RETURN true;
 END
 $$;
@@ -230,12 +244,34 @@ BEGIN
 END
 $$;
 
+-- Ends one live lease (locked by the caller): what it owed is charged, the rest comes back.
+CREATE FUNCTION {s}.sweep_one(p_lease text, p_now timestamptz, p_tz text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    l {s}.leases%ROWTYPE;
+    sc text;
+BEGIN
+    SELECT * INTO l FROM {s}.leases WHERE id = p_lease AND state = 'live';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    FOREACH sc IN ARRAY l.scopes LOOP
+        PERFORM {s}.charge(l.tenant, sc, p_now, p_tz, l.owed, -l.amount);
+    END LOOP;
+    UPDATE {s}.leases SET state = 'swept', credit = l.owed, amount = 0 WHERE id = l.id;
+    INSERT INTO {s}.usage_events (request_id, tenant, model, provider, lease_id, cost,
+        charged, outcome, estimated, at, replica)
+    VALUES (l.id || ':expired', l.tenant, '', '', l.id, l.owed, l.owed, 'expired', true,
+        p_now, l.replica)
+    ON CONFLICT (request_id) DO NOTHING;
+END
+$$;
+
 CREATE FUNCTION {s}.sweep(p_now timestamptz, p_batch int, p_tz text)
 RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     l {s}.leases%ROWTYPE;
     n int := 0;
-    sc text;
 BEGIN
     FOR l IN
         SELECT * FROM {s}.leases
@@ -244,15 +280,7 @@ BEGIN
         LIMIT p_batch
         FOR UPDATE SKIP LOCKED
     LOOP
-        FOREACH sc IN ARRAY l.scopes LOOP
-            PERFORM {s}.charge(l.tenant, sc, p_now, p_tz, l.owed, -l.amount);
-        END LOOP;
-        UPDATE {s}.leases SET state = 'swept', credit = l.owed, amount = 0 WHERE id = l.id;
-        INSERT INTO {s}.usage_events (request_id, tenant, model, provider, lease_id, cost,
-            charged, outcome, estimated, at, replica)
-        VALUES (l.id || ':expired', l.tenant, '', '', l.id, l.owed, l.owed, 'expired', true,
-            p_now, l.replica)
-        ON CONFLICT (request_id) DO NOTHING;
+        PERFORM {s}.sweep_one(l.id, p_now, p_tz);
         n := n + 1;
     END LOOP;
     RETURN n;

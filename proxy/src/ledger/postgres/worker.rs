@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 use super::{Inner, Param, Record, schema, signed, to_time};
 use crate::config::{Config, LedgerConfig, UpstreamTls};
-use crate::ledger::BudgetSpec;
 use crate::ledger::spool::Spool;
+use crate::ledger::{BudgetSpec, ReservationId};
 use crate::pg::client_tls::RustlsMakeConnect;
 use crate::secrets::Secrets;
 
@@ -185,11 +185,15 @@ impl BackgroundService for LedgerWorker {
             if !parts.unrecorded.is_empty() {
                 flush(inner, &mut parts).await;
             }
-            if draining || last_heartbeat.elapsed() >= heartbeat_every {
-                heartbeat(inner, draining).await;
+            // Renew our own leases before any sweep, so a sweep after an outage never takes
+            // a lease this replica is still using.
+            let sweep_due = last_sweep.elapsed() >= SWEEP_EVERY;
+            if (draining || sweep_due || last_heartbeat.elapsed() >= heartbeat_every)
+                && heartbeat(inner, draining).await
+            {
                 last_heartbeat = Instant::now();
             }
-            if last_sweep.elapsed() >= SWEEP_EVERY {
+            if sweep_due {
                 let _ = inner.sweep().await;
                 last_sweep = Instant::now();
             }
@@ -224,7 +228,7 @@ async fn setup(inner: &Inner, budgets: &[(String, BudgetSpec)]) -> anyhow::Resul
 async fn flush(inner: &Inner, parts: &mut Parts) {
     let s = &inner.schema;
     let record_sql = format!(
-        "SELECT {s}.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        "SELECT {s}.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     );
     let close_sql = format!("SELECT {s}.lease_return($1, 0, 0, true, $2, $2, $3)");
     let mut done = 0;
@@ -236,6 +240,18 @@ async fn flush(inner: &Inner, parts: &mut Parts) {
                 close,
             } => {
                 let u = &event.usage;
+                // What this call made the last heartbeat report as owed: the record takes it off.
+                let id = ReservationId(event.request_id.clone());
+                let reported = match (lease, close) {
+                    (Some(lease), false) => inner
+                        .state
+                        .lock()
+                        .leases
+                        .get(&event.tenant)
+                        .filter(|l| &l.id == lease)
+                        .map_or(0, |l| l.reported_of(&id)),
+                    _ => 0,
+                };
                 let params: Vec<Param> = vec![
                     Box::new(event.request_id.clone()),
                     Box::new(event.tenant.clone()),
@@ -255,6 +271,7 @@ async fn flush(inner: &Inner, parts: &mut Parts) {
                     Box::new(inner.replica.clone()),
                     Box::new(*close),
                     Box::new(inner.tz.clone()),
+                    Box::new(signed(reported)),
                 ];
                 inner
                     .query("usage record", &record_sql, &params)
@@ -265,7 +282,7 @@ async fn flush(inner: &Inner, parts: &mut Parts) {
                             if let Some(local) = state.leases.get_mut(&event.tenant)
                                 && &local.id == lease
                             {
-                                local.recorded(event.cost.0);
+                                local.recorded(&id, event.cost.0);
                             }
                         }
                     })
@@ -306,7 +323,8 @@ async fn flush(inner: &Inner, parts: &mut Parts) {
 
 /// Renews live leases with what they may owe, gives back idle ones (all of them while
 /// draining), forgets dead ones that owe nothing.
-async fn heartbeat(inner: &Inner, draining: bool) {
+async fn heartbeat(inner: &Inner, draining: bool) -> bool {
+    let mut all_ok = true;
     let now = Instant::now();
     let snapshot: Vec<(String, String, u64, bool, bool)> = {
         let mut state = inner.state.lock();
@@ -315,12 +333,18 @@ async fn heartbeat(inner: &Inner, draining: bool) {
         state
             .leases
             .retain(|_, l| !(l.owed() == 0 && (l.dead || (l.amount == 0 && !l.usable(now)))));
-        state
-            .leases
-            .iter()
+        let super::State { leases, holds, .. } = &mut *state;
+        leases
+            .iter_mut()
             .map(|(tenant, l)| {
                 let idle = l.owed() == 0 && (draining || l.idle(now, IDLE_LEASE));
-                (tenant.clone(), l.id.clone(), l.owed(), idle, l.dead)
+                let lease_id = l.id.clone();
+                let in_flight = holds
+                    .iter()
+                    .filter(|(_, h)| h.lease == lease_id)
+                    .map(|(id, h)| (id.clone(), h.amount));
+                let owed = l.report(in_flight);
+                (tenant.clone(), l.id.clone(), owed, idle, l.dead)
             })
             .collect()
     };
@@ -347,6 +371,8 @@ async fn heartbeat(inner: &Inner, draining: bool) {
                 {
                     state.leases.remove(&tenant);
                 }
+            } else {
+                all_ok = false;
             }
             continue;
         }
@@ -372,8 +398,11 @@ async fn heartbeat(inner: &Inner, draining: bool) {
                     local.renewed(Instant::now(), inner.lease_ttl);
                 }
             }
+        } else {
+            all_ok = false;
         }
     }
+    all_ok
 }
 
 /// Reloads the revoked key ids and the (tenant, model) budgets from the database.
