@@ -177,6 +177,9 @@ struct Fleet {
     mock_url: String,
     tenants: Vec<(String, String, Vec<String>)>,
     time_zone: String,
+    /// Extra `[llm]` options, and the members' `[ledger] lease_ttl`.
+    llm_options: Vec<(String, String)>,
+    lease_ttl: &'static str,
     dir: tempfile::TempDir,
     members: Vec<Member>,
 }
@@ -198,6 +201,8 @@ impl Fleet {
             mock_url: mock.base_url(),
             tenants: Vec::new(),
             time_zone: "UTC".to_owned(),
+            llm_options: Vec::new(),
+            lease_ttl: "3s",
             dir: tempfile::tempdir()?,
             members: Vec::new(),
         })
@@ -216,13 +221,26 @@ impl Fleet {
         self.base.virtual_key(tenant, "k1")
     }
 
+    /// Sets `key = <raw TOML>` in every member's `[llm]`.
+    fn llm_option(mut self, key: &str, raw: &str) -> Fleet {
+        self.llm_options.push((key.to_owned(), raw.to_owned()));
+        self
+    }
+
     fn config(&self, spool: &Path) -> (SentinelConfig, u16) {
         let mut setup = LlmSetup::new(&self.mock_url);
         for (name, budget, extra) in &self.tenants {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             setup = setup.tenant(name, budget, &extra);
         }
-        let setup = setup.ledger(&ledger_lines_tz(&self.db, spool, &self.time_zone));
+        for (k, v) in &self.llm_options {
+            setup = setup.option(k, v);
+        }
+        let lines = ledger_lines_tz(&self.db, spool, &self.time_zone).replace(
+            "lease_ttl = \"3s\"",
+            &format!("lease_ttl = \"{}\"", self.lease_ttl),
+        );
+        let setup = setup.ledger(&lines);
         let config = self.base.clone().listen_port(free_port()).llm(&setup);
         (config, setup.port)
     }
@@ -1866,6 +1884,101 @@ async fn a_model_budget_is_held_in_the_database_across_both_scopes() -> Result<(
     ensure!(
         tenant_spent == 440 + other_cost && tenant_spent == charged_sum(&oracle, "acme").await?,
         "tenant scope spent {tenant_spent}: 440 for mock-gpt and {other_cost} for gpt-4o-mini"
+    );
+    Ok(())
+}
+
+/// With `ledger_outage = "use-lease"`, calls during a database outage are served from the lease
+/// this replica already holds, their usage spooled and recorded after the outage; a call larger
+/// than what the lease has left is refused 503.
+#[tokio::test]
+async fn with_use_lease_an_outage_is_served_from_the_held_lease() -> Result<()> {
+    let _heavy = HEAVY.lock().await;
+    let pg = PgCluster::start().await?;
+    let db = pg.test_db("ledger_use_lease").await?;
+    let mock = MockLlm::start().await;
+    let mut fleet = Fleet::new(&db, &mock)?
+        .tenant("acme", "1.00", &[])
+        .llm_option("ledger_outage", "\"use-lease\"");
+    // A longer lease life than the other tests, so it outlives the outage detection.
+    fleet.lease_ttl = "30s";
+    let member = fleet.spawn().await?;
+    let port = fleet.members[member].port;
+    let key = fleet.key("acme")?;
+    let client = http_client();
+    // Warm up: concurrent calls grow the lease to several seconds of this rate.
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        let (client, key) = (client.clone(), key.clone());
+        warm.push(tokio::spawn(async move {
+            post(&client, port, &key, &chat(50), &usage_headers(50)).await
+        }));
+    }
+    for w in warm {
+        let a = w.await??;
+        ensure!(a.status == 200, "{a:?}");
+    }
+    let oracle = db.connect().await?;
+    let held = one_i64(
+        &oracle,
+        "SELECT coalesce(sum(amount), 0)::bigint FROM sentinel.leases WHERE state = 'live'",
+        &[],
+    )
+    .await?;
+    drop(oracle);
+    pg.stop().await?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Past the reachability window: served from the lease all the same.
+    let a = post(&client, port, &key, &chat(20), &usage_headers(20)).await?;
+    ensure!(
+        a.status == 200,
+        "a small call during the outage (lease held {held}): {a:?}\n{}",
+        fleet.log_tails(20)
+    );
+    // More than the lease can hold: refused, never sent.
+    let before = mock.request_count();
+    let big = json!({"model": GPT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "n": 100});
+    let a = post(&client, port, &key, &big, &usage_headers(10)).await?;
+    ensure!(
+        a.status == 503,
+        "a call larger than the lease during the outage: {a:?}"
+    );
+    ensure!(
+        mock.request_count() == before,
+        "a refused call reached the provider"
+    );
+    pg.start_again().await?;
+    let oracle = db.connect().await?;
+    let completed = mock.requests().iter().filter(|r| r.completed()).count() as i64;
+    eventually(
+        Duration::from_secs(20),
+        async || {
+            Ok(one_i64(
+                &oracle,
+                "SELECT count(*) FROM sentinel.usage_events WHERE outcome = 'ok'",
+                &[],
+            )
+            .await?
+                == completed)
+        },
+        || {
+            format!(
+                "{completed} calls recorded after the outage\n{}",
+                fleet.log_tails(20)
+            )
+        },
+    )
+    .await?;
+    let cost = one_i64(
+        &oracle,
+        "SELECT sum(cost)::bigint FROM sentinel.usage_events WHERE outcome = 'ok'",
+        &[],
+    )
+    .await?;
+    ensure!(
+        cost == mock_price(&mock),
+        "recorded {cost}, provider usage {}",
+        mock_price(&mock)
     );
     Ok(())
 }
