@@ -244,12 +244,24 @@ impl Ledger for MemoryLedger {
         Ok(out)
     }
 
-    async fn usage(&self, tenant: &str, limit: usize) -> Result<Vec<UsageEvent>, LedgerError> {
+    async fn usage(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, LedgerError> {
         let state = self.state.lock();
         Ok(state
             .events
             .get(tenant)
-            .map(|events| events.iter().take(limit).cloned().collect())
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e.at_unix >= since)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -412,7 +424,7 @@ mod tests {
         let r3 = l.reserve(request("acme", "m", 80, "r3")).await.unwrap();
         assert_eq!(l.release(&r3.id).await.unwrap(), Settled::Now);
         assert_eq!(l.balance("acme").await.unwrap()[0].remaining, Micros(80));
-        assert_eq!(l.usage("acme", 10).await.unwrap().len(), 1);
+        assert_eq!(l.usage("acme", 0, 10).await.unwrap().len(), 1);
         assert!(matches!(
             l.settle(&ReservationId("nope".into()), event("acme", "nope", 1))
                 .await,
@@ -482,7 +494,7 @@ mod tests {
         );
         let b = &l.balance("acme").await.unwrap()[0];
         assert_eq!((b.spent, b.reserved), (Micros(40), Micros::ZERO));
-        assert_eq!(l.usage("acme", 5).await.unwrap()[0].outcome, "expired");
+        assert_eq!(l.usage("acme", 0, 5).await.unwrap()[0].outcome, "expired");
     }
 
     #[tokio::test]

@@ -154,8 +154,14 @@ pub trait Ledger: Send + Sync + 'static {
     /// The tenant's budget scopes; empty if it has none.
     async fn balance(&self, tenant: &str) -> Result<Vec<Balance>, LedgerError>;
 
-    /// The tenant's most recent usage events, newest first.
-    async fn usage(&self, tenant: &str, limit: usize) -> Result<Vec<UsageEvent>, LedgerError>;
+    /// The tenant's usage events at or after `since` (unix seconds; a period's start, or 0),
+    /// newest first, at most `limit`.
+    async fn usage(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, LedgerError>;
 
     /// Sets (or replaces) a tenant's budget; spend so far in the period is kept.
     async fn set_budget(&self, tenant: &str, spec: BudgetSpec) -> Result<(), LedgerError>;

@@ -722,6 +722,7 @@ impl Ledger for PgLedger {
     }
 
     async fn balance(&self, tenant: &str) -> Result<Vec<Balance>, LedgerError> {
+        self.inner.wait_ready().await?;
         let s = &self.inner.schema;
         let sql = format!(
             "SELECT NULLIF(scope, ''), limit_micros, period, soft_threshold,
@@ -763,16 +764,23 @@ impl Ledger for PgLedger {
             .collect())
     }
 
-    async fn usage(&self, tenant: &str, limit: usize) -> Result<Vec<UsageEvent>, LedgerError> {
+    async fn usage(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, LedgerError> {
+        self.inner.wait_ready().await?;
         let sql = format!(
             "SELECT request_id, model, provider, input_tokens, cached_input_tokens,
                     cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
-                    charged, outcome, estimated, at
-             FROM {}.usage_events WHERE tenant = $1 ORDER BY at DESC LIMIT $2",
+                    cost, outcome, estimated, at
+             FROM {}.usage_events WHERE tenant = $1 AND at >= $2 ORDER BY at DESC LIMIT $3",
             self.inner.schema
         );
         let params: Vec<Param> = vec![
             Box::new(tenant.to_owned()),
+            Box::new(to_time(since)),
             Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
         ];
         let rows = self.inner.query("usage", &sql, &params).await?;
@@ -804,6 +812,7 @@ impl Ledger for PgLedger {
     }
 
     async fn set_budget(&self, tenant: &str, spec: BudgetSpec) -> Result<(), LedgerError> {
+        self.inner.wait_ready().await?;
         self.inner.upsert_budget(tenant, &spec, true).await
     }
 
@@ -812,6 +821,7 @@ impl Ledger for PgLedger {
     }
 
     async fn revoke_key(&self, key_id: &str) -> Result<(), LedgerError> {
+        self.inner.wait_ready().await?;
         let sql = format!(
             "INSERT INTO {}.revoked_keys (key_id) VALUES ($1) ON CONFLICT DO NOTHING",
             self.inner.schema
