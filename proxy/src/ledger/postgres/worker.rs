@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 
-use super::{Inner, Param, Record, schema, signed, to_time};
+use super::{Inner, Param, Record, STATEMENT_TIMEOUT, schema, signed, to_time};
 use crate::config::{Config, LedgerConfig, UpstreamTls};
 use crate::ledger::spool::Spool;
 use crate::ledger::{BudgetSpec, ReservationId};
@@ -26,6 +27,8 @@ const TICK: Duration = Duration::from_millis(100);
 const BATCH: usize = 500;
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Usage statements sent together on one connection.
+const PIPELINE: usize = 256;
 /// A lease unused this long (and owing nothing) is given back.
 const IDLE_LEASE: Duration = Duration::from_secs(2);
 
@@ -120,6 +123,7 @@ impl BackgroundService for LedgerWorker {
         let inner = &self.inner;
         let mut ready = false;
         let mut draining = false;
+        let mut watching = true;
         let mut last_setup_error = Instant::now() - Duration::from_secs(60);
         let heartbeat_every = inner.lease_ttl / 3;
         let mut last_heartbeat = Instant::now();
@@ -145,9 +149,11 @@ impl BackgroundService for LedgerWorker {
                     None => return,
                 },
                 _ = tokio::time::sleep(TICK) => {}
-                changed = shutdown.changed(), if !draining => {
-                    draining = changed.is_ok();
-                }
+                changed = shutdown.changed(), if watching => match changed {
+                    Ok(()) => draining = *shutdown.borrow(),
+                    // No one can signal a shutdown any more: stop listening for one.
+                    Err(_) => watching = false,
+                },
                 }
             }
             if !batch.is_empty() {
@@ -224,87 +230,79 @@ async fn setup(inner: &Inner, budgets: &[(String, BudgetSpec)]) -> anyhow::Resul
     Ok(applied)
 }
 
-/// Writes every unrecorded record; those written leave the spool once all are.
+/// Writes every unrecorded record, up to [`PIPELINE`] statements at a time sent together on one
+/// connection (pipelined: one round trip's wait for the lot). Records the database confirmed are
+/// applied to the local leases and leave the queue; the spool is cleared once all have.
 async fn flush(inner: &Inner, parts: &mut Parts) {
     let s = &inner.schema;
     let record_sql = format!(
         "SELECT {s}.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     );
     let close_sql = format!("SELECT {s}.lease_return($1, 0, 0, true, $2, $2, $3)");
-    let mut done = 0;
-    for record in &parts.unrecorded {
-        let result = match record {
-            Record::Usage {
-                event,
-                lease,
-                close,
-            } => {
-                let u = &event.usage;
-                // What this call made the last heartbeat report as owed: the record takes it off.
-                let id = ReservationId(event.request_id.clone());
-                let reported = match (lease, close) {
-                    (Some(lease), false) => inner
-                        .state
-                        .lock()
-                        .leases
-                        .get(&event.tenant)
-                        .filter(|l| &l.id == lease)
-                        .map_or(0, |l| l.reported_of(&id)),
-                    _ => 0,
-                };
-                let params: Vec<Param> = vec![
-                    Box::new(event.request_id.clone()),
-                    Box::new(event.tenant.clone()),
-                    Box::new(event.model.clone()),
-                    Box::new(event.provider.clone()),
-                    Box::new(lease.clone()),
-                    Box::new(signed(u.input)),
-                    Box::new(signed(u.cached_input)),
-                    Box::new(signed(u.cache_write_5m)),
-                    Box::new(signed(u.cache_write_1h)),
-                    Box::new(signed(u.output)),
-                    Box::new(signed(u.reasoning)),
-                    Box::new(signed(event.cost.0)),
-                    Box::new(event.outcome.clone()),
-                    Box::new(event.estimated),
-                    Box::new(to_time(event.at_unix)),
-                    Box::new(inner.replica.clone()),
-                    Box::new(*close),
-                    Box::new(inner.tz.clone()),
-                    Box::new(signed(reported)),
-                ];
-                inner
-                    .query("usage record", &record_sql, &params)
+    while !parts.unrecorded.is_empty() {
+        let n = parts.unrecorded.len().min(PIPELINE);
+        let statements: Vec<(bool, Vec<Param>)> = parts.unrecorded[..n]
+            .iter()
+            .map(|record| statement(inner, record))
+            .collect();
+        let written = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+            let client = inner.pool.get().await.map_err(|e| e.to_string())?;
+            let record = client
+                .prepare_cached(&record_sql)
+                .await
+                .map_err(|e| e.to_string())?;
+            let close = client
+                .prepare_cached(&close_sql)
+                .await
+                .map_err(|e| e.to_string())?;
+            let refs: Vec<Vec<&(dyn ToSql + Sync)>> = statements
+                .iter()
+                .map(|(_, p)| {
+                    p.iter()
+                        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                        .collect()
+                })
+                .collect();
+            let queries = statements.iter().zip(&refs).map(|((usage, _), params)| {
+                let stmt = if *usage { &record } else { &close };
+                client.query(stmt, params)
+            });
+            Ok::<_, String>(
+                futures_util::future::join_all(queries)
                     .await
-                    .map(|_| {
-                        if let (Some(lease), false) = (lease, close) {
-                            let mut state = inner.state.lock();
-                            if let Some(local) = state.leases.get_mut(&event.tenant)
-                                && &local.id == lease
-                            {
-                                local.recorded(&id, event.cost.0);
-                            }
-                        }
-                    })
-            }
-            Record::Release { lease } => {
-                let params: Vec<Param> = vec![
-                    Box::new(lease.clone()),
-                    Box::new(inner.now()),
-                    Box::new(inner.tz.clone()),
-                ];
-                inner
-                    .query("release", &close_sql, &params)
-                    .await
-                    .map(|_| ())
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {STATEMENT_TIMEOUT:?}")));
+        let results = match written {
+            Ok(results) => results,
+            Err(e) => {
+                inner.failed("usage record", &e);
+                break;
             }
         };
-        if result.is_err() {
+        let mut failed = None;
+        let mut kept = Vec::new();
+        for (record, result) in parts.unrecorded.drain(..n).zip(results) {
+            match result {
+                Ok(_) => recorded_locally(inner, &record),
+                Err(e) => {
+                    failed = Some(e);
+                    kept.push(record);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            inner.failed("usage record", &e);
+            kept.append(&mut parts.unrecorded);
+            parts.unrecorded = kept;
             break;
         }
-        done += 1;
+        inner.mark_ok();
     }
-    parts.unrecorded.drain(..done);
     if parts.unrecorded.is_empty() {
         let spool = parts.spool.clone();
         let cleared = tokio::task::spawn_blocking(move || spool.lock().clear()).await;
@@ -428,5 +426,77 @@ async fn refresh(inner: &Inner) {
         .await
     {
         *inner.narrowed.write() = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    }
+}
+
+/// The statement for one record: `(is usage, parameters)`.
+fn statement(inner: &Inner, record: &Record) -> (bool, Vec<Param>) {
+    match record {
+        Record::Usage {
+            event,
+            lease,
+            close,
+        } => {
+            let u = &event.usage;
+            // What this call made the last heartbeat report as owed: the record takes it off.
+            let id = ReservationId(event.request_id.clone());
+            let reported = match (lease, close) {
+                (Some(lease), false) => inner
+                    .state
+                    .lock()
+                    .leases
+                    .get(&event.tenant)
+                    .filter(|l| &l.id == lease)
+                    .map_or(0, |l| l.reported_of(&id)),
+                _ => 0,
+            };
+            let params: Vec<Param> = vec![
+                Box::new(event.request_id.clone()),
+                Box::new(event.tenant.clone()),
+                Box::new(event.model.clone()),
+                Box::new(event.provider.clone()),
+                Box::new(lease.clone()),
+                Box::new(signed(u.input)),
+                Box::new(signed(u.cached_input)),
+                Box::new(signed(u.cache_write_5m)),
+                Box::new(signed(u.cache_write_1h)),
+                Box::new(signed(u.output)),
+                Box::new(signed(u.reasoning)),
+                Box::new(signed(event.cost.0)),
+                Box::new(event.outcome.clone()),
+                Box::new(event.estimated),
+                Box::new(to_time(event.at_unix)),
+                Box::new(inner.replica.clone()),
+                Box::new(*close),
+                Box::new(inner.tz.clone()),
+                Box::new(signed(reported)),
+            ];
+            (true, params)
+        }
+        Record::Release { lease } => (
+            false,
+            vec![
+                Box::new(lease.clone()),
+                Box::new(inner.now()),
+                Box::new(inner.tz.clone()),
+            ],
+        ),
+    }
+}
+
+/// A recorded call's cost leaves its local lease, which stops reporting it as owed.
+fn recorded_locally(inner: &Inner, record: &Record) {
+    if let Record::Usage {
+        event,
+        lease: Some(lease),
+        close: false,
+    } = record
+    {
+        let mut state = inner.state.lock();
+        if let Some(local) = state.leases.get_mut(&event.tenant)
+            && &local.id == lease
+        {
+            local.recorded(&ReservationId(event.request_id.clone()), event.cost.0);
+        }
     }
 }
