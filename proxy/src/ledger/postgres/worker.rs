@@ -23,12 +23,14 @@ use crate::secrets::Secrets;
 
 /// How often the worker wakes when no usage arrives.
 const TICK: Duration = Duration::from_millis(100);
-/// Usage records written per database round trip at most.
-const BATCH: usize = 500;
+/// Usage records spooled in one append (one fsync) at most.
+const BATCH: usize = 10_000;
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Usage statements sent together on one connection.
 const PIPELINE: usize = 256;
+/// Pipelines written per round of the worker, so new usage is spooled between them.
+const PIPELINES_PER_ROUND: usize = 4;
 /// A lease unused this long (and owing nothing) is given back.
 const IDLE_LEASE: Duration = Duration::from_secs(2);
 
@@ -135,7 +137,14 @@ impl BackgroundService for LedgerWorker {
             if std::mem::take(&mut first) {
                 // Set up at once rather than after the first tick.
             } else {
+                // Written usage still queued: come back at once rather than after a tick.
+                let wait = if parts.unrecorded.is_empty() {
+                    TICK
+                } else {
+                    Duration::ZERO
+                };
                 tokio::select! {
+                biased;
                 record = parts.records.recv() => match record {
                     Some(r) => {
                         batch.push(r);
@@ -148,7 +157,7 @@ impl BackgroundService for LedgerWorker {
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(wait) => {}
                 changed = shutdown.changed(), if watching => match changed {
                     Ok(()) => draining = *shutdown.borrow(),
                     // No one can signal a shutdown any more: stop listening for one.
@@ -230,8 +239,8 @@ async fn setup(inner: &Inner, budgets: &[(String, BudgetSpec)]) -> anyhow::Resul
     Ok(applied)
 }
 
-/// Writes every unrecorded record, up to [`PIPELINE`] statements at a time sent together on one
-/// connection (pipelined: one round trip's wait for the lot). Records the database confirmed are
+/// Writes unrecorded records, [`PIPELINE`] statements at a time sent together on one connection
+/// (pipelined: one round trip's wait for the lot), a few pipelines per round. Records the database confirmed are
 /// applied to the local leases and leave the queue; the spool is cleared once all have.
 async fn flush(inner: &Inner, parts: &mut Parts) {
     let s = &inner.schema;
@@ -239,7 +248,10 @@ async fn flush(inner: &Inner, parts: &mut Parts) {
         "SELECT {s}.record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     );
     let close_sql = format!("SELECT {s}.lease_return($1, 0, 0, true, $2, $2, $3)");
-    while !parts.unrecorded.is_empty() {
+    for _ in 0..PIPELINES_PER_ROUND {
+        if parts.unrecorded.is_empty() {
+            break;
+        }
         let n = parts.unrecorded.len().min(PIPELINE);
         let statements: Vec<(bool, Vec<Param>)> = parts.unrecorded[..n]
             .iter()
