@@ -377,7 +377,7 @@ impl Call<'_> {
             }
             Err(e) => {
                 settlement.mark_sent();
-                self.settle(settlement, &metered, None, "", "timeout").await;
+                self.settle(settlement, &metered, None, 0, "timeout").await;
                 return Err(send_error(upstream, e));
             }
         };
@@ -400,7 +400,7 @@ impl Call<'_> {
             let (body, cut) = read_response(response, llm.idle_timeout, deadline).await;
             if let Some(cut) = cut {
                 // Nothing was sent to the client yet: it gets a clean error.
-                self.settle(settlement, &metered, None, "", cut).await;
+                self.settle(settlement, &metered, None, 0, cut).await;
                 return Err(match cut {
                     "timeout" => EgressError::Timeout {
                         provider: upstream.name.clone(),
@@ -433,7 +433,7 @@ impl Call<'_> {
             };
             match usage {
                 Some(usage) => self.settle_exact(settlement, &metered, usage, label).await,
-                None => self.settle(settlement, &metered, None, "", label).await,
+                None => self.settle(settlement, &metered, None, 0, label).await,
             }
             return Ok(Outcome::done(label));
         }
@@ -444,7 +444,7 @@ impl Call<'_> {
             .await
             .is_err()
         {
-            self.settle(settlement, &metered, None, "", "client_gone")
+            self.settle(settlement, &metered, None, 0, "client_gone")
                 .await;
             return Ok(Outcome::done("client_gone"));
         }
@@ -505,11 +505,17 @@ impl Call<'_> {
         if let (Some(usage), true, None) = (usage, meter.finished(), meter.error()) {
             self.settle_exact(settlement, &metered, usage, label).await;
         } else {
-            self.settle(settlement, &metered, usage, meter.output_text(), label)
+            // Text past the meter's cap counts one token per byte.
+            let beyond_cap = meter
+                .output_bytes()
+                .saturating_sub(meter.output_text().len() as u64);
+            let streamed = self
+                .shared
+                .tokenizers
+                .count(metered.price.tokenizer, meter.output_text())
+                + beyond_cap;
+            self.settle(settlement, &metered, usage, streamed, label)
                 .await;
-            if meter.output_bytes() > meter.output_text().len() as u64 {
-                tracing::debug!("streamed output beyond the meter's text cap counted by bytes");
-            }
         }
         Ok(Outcome {
             label,
@@ -529,18 +535,16 @@ impl Call<'_> {
         self.finish(settlement, m, usage, cost, label, false).await;
     }
 
-    /// Charges without complete usage: at least the input bound plus the output streamed so far
-    /// (counted with the model's tokenizer), or the partial usage the provider reported if that
-    /// costs more.
+    /// Charges without complete usage: at least the input bound plus the `streamed_tokens`
+    /// already sent, or the partial usage the provider reported if that costs more.
     async fn settle(
         &self,
         settlement: Settlement,
         m: &Metered<'_>,
         partial: Option<Usage>,
-        streamed: &str,
+        streamed_tokens: u64,
         label: &'static str,
     ) {
-        let streamed_tokens = self.shared.tokenizers.count(m.price.tokenizer, streamed);
         let floor = Usage {
             input: m.estimate.input_tokens,
             output: streamed_tokens,

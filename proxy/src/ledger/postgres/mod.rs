@@ -255,6 +255,18 @@ impl Inner {
         now.saturating_sub(last) <= HEALTHY_FOR.as_millis() as u64
     }
 
+    /// Refuses work that needs the database while it does not answer (callers have waited
+    /// for [`Inner::wait_ready`], so it has answered once).
+    fn reachable(&self) -> Result<(), LedgerError> {
+        if self.healthy() {
+            Ok(())
+        } else {
+            Err(LedgerError::Unavailable(
+                "the ledger database is unreachable".into(),
+            ))
+        }
+    }
+
     fn mark_ok(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -453,8 +465,8 @@ impl Inner {
                     // the sweep charged. New calls get a new lease.
                     *lease = LocalLease::new(new_lease_id(), now, ttl);
                 }
-                let healthy = self.healthy() || self.last_ok.load(Ordering::Relaxed) == 0;
-                if (healthy || self.outage == LedgerOutage::UseLease) && lease.try_hold(amount, now)
+                if (self.healthy() || self.outage == LedgerOutage::UseLease)
+                    && lease.try_hold(amount, now)
                 {
                     let remaining = Micros(lease.available());
                     let lease_id = lease.id.clone();
@@ -480,11 +492,7 @@ impl Inner {
                 let need = amount.saturating_sub(lease.available()).max(1);
                 (lease.id.clone(), need, lease.want(need), lease.owed())
             };
-            if !self.healthy() && self.last_ok.load(Ordering::Relaxed) != 0 {
-                return Err(LedgerError::Unavailable(
-                    "the ledger database is unreachable".into(),
-                ));
-            }
+            self.reachable()?;
             let lock = self.topup_lock(&request.tenant);
             let _guard = lock.lock().await;
             // Someone else may have topped up while we waited.
@@ -561,11 +569,7 @@ impl Inner {
                 return Err(LedgerError::DuplicateReservation(id));
             }
         }
-        if !self.healthy() && self.last_ok.load(Ordering::Relaxed) != 0 {
-            return Err(LedgerError::Unavailable(
-                "the ledger database is unreachable".into(),
-            ));
-        }
+        self.reachable()?;
         let amount = request.amount.0;
         let scopes = [String::new(), request.model.clone()];
         let expires = to_time(self.clock.now()) + request.ttl;
