@@ -1,19 +1,22 @@
 //! Assembles the process: one pingora server hosting Sentinel's services, so they share
 //! signals, graceful shutdown and configuration.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pingora::server::Server;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::admin::{Admin, AdminHttp, Blocks, Reloader, SighupReload};
 use crate::config::{Config, LedgerBackend};
 use crate::drain::DrainWatcher;
 use crate::ledger::postgres::PgLedger;
 use crate::ledger::{BudgetSpec, Ledger, MemoryLedger, Sweeper, SystemClock};
 use crate::llm::{Egress, EgressShared};
+use crate::metrics::Metrics;
 use crate::pg::{PgService, PgShared, PoolMaintenance};
 use crate::secrets::Secrets;
 
@@ -23,11 +26,25 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// Seconds pingora waits for runtimes to stop after the grace period.
 const RUNTIME_SHUTDOWN_SECS: u64 = 2;
 
-/// Starts every service and runs until a signal ends the process (SIGTERM: graceful). `secrets`
-/// is the keyring and salt, already proven to open every sealed value of `config`.
-pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert::Infallible> {
+/// How the process was started.
+pub struct RunOptions {
+    /// The config file (read again on reload).
+    pub config_path: PathBuf,
+    /// Take the listening sockets from a running Sentinel (zero-downtime upgrade).
+    pub upgrade: bool,
+}
+
+/// Starts every service and runs until a signal ends the process (SIGTERM: graceful; SIGQUIT:
+/// hand the listening sockets to a new process, then graceful; SIGHUP: reload). `secrets` is
+/// the keyring and salt, already proven to open every sealed value of `config`.
+pub fn run(
+    config: Config,
+    secrets: Arc<Secrets>,
+    options: RunOptions,
+) -> anyhow::Result<std::convert::Infallible> {
     let config = Arc::new(config);
     let conf = ServerConf {
+        upgrade_sock: config.process.upgrade_socket.display().to_string(),
         threads: config.process.threads,
         // Sessions close their clients at the end of shutdown_grace; pingora then needs a
         // moment to let them say goodbye before it stops the runtimes.
@@ -35,10 +52,21 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let pg = Arc::new(PgShared::new(config.clone(), secrets.clone())?);
+    let metrics = Arc::new(Metrics::new(config.admin.tenant_label_cap));
+    let blocks = Arc::new(Blocks::default());
+    let pg = Arc::new(PgShared::new(
+        config.clone(),
+        secrets.clone(),
+        metrics.clone(),
+        blocks.clone(),
+    )?);
     let mut pg_service = Service::new("postgres".to_owned(), PgService::new(pg.clone()));
     pg_service.add_tcp(&config.postgres.listen.to_string());
     server.add_service(pg_service);
@@ -78,6 +106,8 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
                 config.clone(),
                 secrets.clone(),
                 ledger.clone(),
+                blocks.clone(),
+                metrics.clone(),
             )?);
             let mut service = pingora::proxy::http_proxy_service_with_name(
                 &server.configuration,
@@ -98,6 +128,33 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
         }
         None => None,
     };
+    let reloader = Arc::new(Reloader::new(
+        options.config_path,
+        config.clone(),
+        secrets.clone(),
+        pg.clone(),
+        egress.clone(),
+        metrics.clone(),
+    )?);
+    let admin = Arc::new(Admin {
+        pg: pg.clone(),
+        egress: egress.clone(),
+        pg_ledger: ledger_pending.clone(),
+        metrics,
+        blocks,
+        reloader: reloader.clone(),
+        started: std::time::SystemTime::now(),
+        draining: AtomicBool::new(false),
+    });
+    pg.set_admin(&admin);
+    let mut admin_service = Service::new("admin".to_owned(), AdminHttp::new(admin.clone()));
+    admin_service.add_tcp(&config.admin.listen.to_string());
+    server.add_service(admin_service);
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        SighupReload::new(reloader),
+    ));
+
     let in_flight = Arc::new(move || {
         pg.clients.load(Ordering::Relaxed)
             + egress
@@ -110,10 +167,15 @@ pub fn run(config: Config, secrets: Arc<Secrets>) -> anyhow::Result<std::convert
     });
     server.add_service(background_service(
         "drain watcher",
-        DrainWatcher::new(in_flight),
+        DrainWatcher::new(in_flight, admin),
     ));
 
-    tracing::info!(postgres.listen = %config.postgres.listen, "sentinel starting");
+    tracing::info!(
+        postgres.listen = %config.postgres.listen,
+        admin.listen = %config.admin.listen,
+        upgrade = options.upgrade,
+        "sentinel starting"
+    );
     server.run_forever()
 }
 

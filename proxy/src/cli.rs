@@ -49,6 +49,10 @@ enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
+        /// Zero-downtime upgrade: take the listening sockets from the running Sentinel over
+        /// [process] upgrade_socket, then send that one SIGQUIT; it hands them over and drains.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Load and validate a configuration file, then exit (the keyring is not needed).
     CheckConfig {
@@ -196,7 +200,7 @@ pub fn main() -> ExitCode {
             database,
             format,
         } => return audit(&config.config, AuditOptions { user, database }, format),
-        Command::Run { config } => run(&config.config),
+        Command::Run { config, upgrade } => run(&config.config, upgrade),
         Command::CheckConfig { config } => Config::load(&config.config)
             .map(|_| {
                 eprintln!("{}: ok", config.config.display());
@@ -242,7 +246,7 @@ pub fn main() -> ExitCode {
 
 /// `sentinel run`: refuses to start without the keyring and the salt, and unless the keyring
 /// opens every sealed value the config reaches.
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let secrets = Secrets::load(&config)?;
     let proof = secrets.prove(&reachable_sealed_values(&config))?;
@@ -259,7 +263,11 @@ fn run(path: &Path) -> anyhow::Result<()> {
         );
     }
     crate::audit::on_start(&config, &secrets)?;
-    crate::app::run(config, Arc::new(secrets)).map(|_| ())
+    let options = crate::app::RunOptions {
+        config_path: path.to_owned(),
+        upgrade,
+    };
+    crate::app::run(config, Arc::new(secrets), options).map(|_| ())
 }
 
 /// `sentinel audit`: exit status 0 without findings, 1 with findings, 2 when it cannot run.

@@ -5,22 +5,27 @@
 //! so once none is left there is no reason to keep an orchestrator waiting: exit 0 right away.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::admin::Admin;
+
 /// Reports how much work is still in flight (connected clients, open streams).
 pub type InFlight = Arc<dyn Fn() -> usize + Send + Sync>;
 
 pub struct DrainWatcher {
     in_flight: InFlight,
+    /// Told when draining starts, so `/readyz` turns 503.
+    admin: Arc<Admin>,
 }
 
 impl DrainWatcher {
-    pub fn new(in_flight: InFlight) -> Self {
-        DrainWatcher { in_flight }
+    pub fn new(in_flight: InFlight, admin: Arc<Admin>) -> Self {
+        DrainWatcher { in_flight, admin }
     }
 }
 
@@ -30,6 +35,7 @@ impl BackgroundService for DrainWatcher {
         if shutdown.changed().await.is_err() {
             return;
         }
+        self.admin.draining.store(true, Ordering::Relaxed);
         tracing::info!(in_flight = (self.in_flight)(), "shutting down: draining");
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {

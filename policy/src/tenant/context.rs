@@ -90,7 +90,8 @@ impl TenantContext {
         self.current().is_some()
     }
 
-    fn current(&self) -> Option<&TenantId> {
+    /// The tenant an untagged statement acts for now.
+    pub fn current(&self) -> Option<&TenantId> {
         self.bound
             .as_ref()
             .or(self.transaction.as_ref())

@@ -19,30 +19,41 @@ pub enum LedgerBackend {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
+    /// Where the ledger lives; the other keys of this table matter to the postgres backend
+    /// only.
     #[serde(default = "defaults::backend")]
     pub backend: LedgerBackend,
-    /// Default: `[postgres.upstream] host`.
+    /// Host of the ledger's Postgres server. Default: `[postgres.upstream] host`.
     #[serde(default)]
     pub host: Option<String>,
-    /// Default: `[postgres.upstream] port`.
+    /// Port of the ledger's Postgres server. Default: `[postgres.upstream] port`.
     #[serde(default)]
     pub port: Option<u16>,
-    /// The database holding the ledger's schema.
+    /// The database holding the ledger's schema; required with the postgres backend.
     #[serde(default)]
     pub database: Option<String>,
     /// The role Sentinel logs in as to keep the ledger: its own, never the app's, so the app
-    /// cannot touch budgets.
+    /// cannot touch budgets. Required with the postgres backend.
     #[serde(default)]
     pub user: Option<String>,
+    /// The role's password sealed with the master keyring (`sentinel seal --context
+    /// ledger.password`). At most one of `password_sealed`, `password_env` and `password_file`
+    /// is given; with none, no password is sent.
     #[serde(default)]
     pub password_sealed: Option<String>,
+    /// An environment variable holding the password, or a sealed value; read at start.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A file holding the password (its trailing newline dropped), or a sealed value; read at
+    /// start.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// Default: `[postgres.upstream] tls` and `ca_file`.
+    /// TLS towards the ledger's Postgres server. Default: `[postgres.upstream] tls` and
+    /// `ca_file`.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// PEM file of the CA certificates the ledger server's chain is checked against, with
+    /// `tls = "verify-full"`. Default: `[postgres.upstream] ca_file`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// The schema Sentinel creates and migrates.

@@ -72,6 +72,8 @@ pub struct LlmConfig {
     /// Virtual key ids refused even though their MAC verifies.
     #[serde(default)]
     pub revoked_keys: Vec<String>,
+    /// The providers calls are forwarded to; a request's `model` picks the provider that lists
+    /// it.
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     /// Prices of models beyond (or instead of) the shipped price book.
@@ -90,16 +92,24 @@ pub struct LlmConfig {
 pub struct ProviderConfig {
     /// A name for logs, metrics and the sealing context (`llm.providers.<name>.api_key`).
     pub name: String,
+    /// The API the provider speaks.
     pub kind: ProviderKind,
     /// What replaces Sentinel's `/v1`: `https://api.openai.com/v1`,
     /// `https://api.anthropic.com/v1`, `http://vllm:8000/v1`.
     pub base_url: String,
     /// The models routed here; each priced (shipped book or `[llm.prices]`) and listed once.
     pub models: Vec<String>,
+    /// The provider's API key sealed with the master keyring (`sentinel seal --context
+    /// llm.providers.<name>.api_key`). Exactly one of `api_key_sealed`, `api_key_env` and
+    /// `api_key_file` is required.
     #[serde(default)]
     pub api_key_sealed: Option<String>,
+    /// An environment variable holding the API key, or a sealed value; read at start and on
+    /// reload.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// A file holding the API key (its trailing newline dropped), or a sealed value; read at
+    /// start and on reload.
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
     /// The header carrying the key for `openai-compatible` providers that do not use
@@ -115,18 +125,25 @@ pub struct ProviderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceConfig {
+    /// Uncached input, in USD per million tokens: a decimal string such as `"2.50"`, at most 6
+    /// decimal places.
     pub input: String,
-    /// Default: `input`.
+    /// Input read from the provider's prompt cache. Default: `input`.
     #[serde(default)]
     pub cached_input: Option<String>,
+    /// Input written to a 5-minute prompt cache (OpenAI's cache writes are priced here too).
     /// Default: `input`.
     #[serde(default)]
     pub cache_write_5m: Option<String>,
-    /// Default: `cache_write_5m`.
+    /// Input written to a 1-hour prompt cache. Default: `cache_write_5m`.
     #[serde(default)]
     pub cache_write_1h: Option<String>,
+    /// Output, reasoning included, in USD per million tokens.
     pub output: String,
+    /// Most input tokens the model accepts; a request's input bound is clamped to it.
     pub context_window: u64,
+    /// Most output tokens the model produces; a request's output bound (its own limit, or
+    /// `default_output_tokens`) is clamped to it.
     pub max_output_tokens: u64,
     /// The output bound when a request names none. Default: `max_output_tokens`.
     #[serde(default)]
@@ -142,6 +159,8 @@ pub struct PriceConfig {
 pub struct TenantLlmConfig {
     /// The budget in USD per period, e.g. `"25.00"`.
     pub budget_usd: String,
+    /// When spend starts again from zero. Days and months begin at midnight in `[ledger]
+    /// time_zone` (in UTC with the memory backend).
     #[serde(default)]
     pub period: Period,
     /// Fraction of the budget past which spend is reported as near the limit.

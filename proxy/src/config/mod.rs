@@ -18,10 +18,12 @@ use sentinel_policy::keys::{EnvSalt, is_sealed, sealed_key_id};
 
 use crate::pg::auth::scram::ScramVerifier;
 
+mod admin;
 mod ledger;
 mod llm;
 mod tenancy;
 
+pub use admin::{ADMIN_TOKEN_CONTEXT, AdminConfig};
 pub use ledger::{LedgerBackend, LedgerConfig};
 pub use llm::{
     LedgerOutage, LlmConfig, PriceConfig, ProviderConfig, ProviderKind, TenantLlmConfig,
@@ -31,12 +33,16 @@ pub use tenancy::{AuditOnStart, Scope, Source, TenancyConfig, TenantConfig};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The process: worker threads and graceful shutdown.
     #[serde(default)]
     pub process: ProcessConfig,
     /// Required in substance: `salt` must be set (validated with a message that says how).
     #[serde(default)]
     pub keys: KeysConfig,
+    /// The Postgres front: where clients connect, how server connections are pooled, the
+    /// upstream server, and the users clients log in as.
     pub postgres: PostgresConfig,
+    /// Tenant context: how each statement's tenant is found, and what is refused without one.
     #[serde(default)]
     pub tenancy: TenancyConfig,
     /// The LLM egress proxy; absent: not started.
@@ -45,6 +51,9 @@ pub struct Config {
     /// Where LLM budgets live; required with `[llm]`.
     #[serde(default)]
     pub ledger: Option<LedgerConfig>,
+    /// The admin port and the Postgres console.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `[keys]`: where the master keyring comes from, and this environment's salt.
@@ -92,11 +101,17 @@ pub struct SealedField {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessConfig {
-    /// Worker threads for each service.
+    /// Worker threads for each service; at least 1. Changing it needs a restart.
     pub threads: usize,
-    /// How long transactions in flight may run on after SIGTERM.
+    /// How long transactions in flight may run on after SIGTERM. Sentinel stops accepting
+    /// clients, lets go of those between transactions at once, and closes those still inside a
+    /// transaction when this has passed (SQLSTATE 57P01).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The Unix socket over which a new process started with `sentinel run --upgrade` takes
+    /// the listening sockets from the running one (which is then sent SIGQUIT): a restart
+    /// without refusing a single connection. Default: "/tmp/sentinel-upgrade.sock".
+    pub upgrade_socket: PathBuf,
 }
 
 impl Default for ProcessConfig {
@@ -104,6 +119,7 @@ impl Default for ProcessConfig {
         ProcessConfig {
             threads: 2,
             shutdown_grace: Duration::from_secs(30),
+            upgrade_socket: PathBuf::from("/tmp/sentinel-upgrade.sock"),
         }
     }
 }
@@ -111,46 +127,81 @@ impl Default for ProcessConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
+    /// For one transaction: the server connection goes back to the pool when the transaction
+    /// ends, so many clients share few server connections.
     Transaction,
+    /// For as long as the client stays connected.
     Session,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
+    /// The address Postgres clients connect to (the apps' `DATABASE_URL` points here).
+    /// Changing it needs a restart.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
+    /// How long a client holds a server connection.
     #[serde(default = "defaults::pool_mode")]
     pub pool_mode: PoolMode,
+    /// Most clients connected at once; one more is refused once logged in (SQLSTATE 53300).
     #[serde(default = "defaults::max_client_conn")]
     pub max_client_conn: usize,
+    /// Most server connections of each pool; there is a pool per (database, server user). A
+    /// client that needs one while all are busy waits up to `pool_wait_timeout`.
     #[serde(default = "defaults::pool_size")]
     pub pool_size: usize,
+    /// Server connections each pool keeps open even when idle; at most `pool_size`. The pools
+    /// of each user's `databases` are opened at start, others when first used.
     #[serde(default)]
     pub min_pool_size: usize,
+    /// How long a client waits for a server connection of a full pool before it is refused
+    /// (SQLSTATE 53300). Must be positive.
     #[serde(default = "defaults::pool_wait_timeout", with = "humantime_serde")]
     pub pool_wait_timeout: Duration,
+    /// How long opening a server connection may take, from the TCP connect through TLS and the
+    /// login to the server being ready; a client waiting for it is then refused (SQLSTATE
+    /// 08006). Must be positive.
     #[serde(default = "defaults::server_connect_timeout", with = "humantime_serde")]
     pub server_connect_timeout: Duration,
+    /// Server connections older than this are closed when next idle, never while in use.
     #[serde(default = "defaults::server_lifetime", with = "humantime_serde")]
     pub server_lifetime: Duration,
+    /// Server connections unused for this long are closed, down to `min_pool_size` per pool.
     #[serde(default = "defaults::server_idle_timeout", with = "humantime_serde")]
     pub server_idle_timeout: Duration,
-    /// Zero: off.
+    /// A request (a simple query, or extended-protocol messages up to Sync) running longer is
+    /// cancelled: Sentinel sends Postgres a cancel request, and the client gets its error
+    /// (SQLSTATE 57014). `"0s"`: no limit.
     #[serde(default, with = "humantime_serde")]
     pub query_timeout: Duration,
-    /// Zero: off.
+    /// A client that leaves a transaction open and idle for longer is disconnected (SQLSTATE
+    /// 25P03) and its server connection closed, which rolls the transaction back. `"0s"`: no
+    /// limit.
     #[serde(default, with = "humantime_serde")]
     pub idle_transaction_timeout: Duration,
+    /// A client that has not finished logging in (TLS and authentication included) within
+    /// this is disconnected.
     #[serde(default = "defaults::client_login_timeout", with = "humantime_serde")]
     pub client_login_timeout: Duration,
+    /// Largest protocol message accepted from a client, in bytes, from 1024 to 1 GiB; a larger
+    /// one ends the connection as a protocol violation (SQLSTATE 08P01). The startup packet is
+    /// capped at 10000 bytes regardless.
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Client addresses from which users with `auth = "trust"` may log in; from anywhere else
+    /// they are refused (SQLSTATE 28000).
     #[serde(default = "defaults::trust_networks")]
     pub trust_networks: Vec<IpNet>,
+    /// The Postgres server behind Sentinel. Changing it needs a restart.
     pub upstream: UpstreamConfig,
+    /// TLS towards clients: a client's SSLRequest is answered with a TLS handshake with this
+    /// certificate. Without it, SSLRequest is answered "no" and clients connect in plain text.
+    /// Changing it needs a restart.
     #[serde(default)]
     pub tls: Option<ClientTlsConfig>,
+    /// The users clients may log in as; a client's startup user must be one of them. At least
+    /// one is required.
     #[serde(default)]
     pub users: Vec<UserConfig>,
 }
@@ -201,6 +252,7 @@ mod defaults {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTls {
+    /// Plain TCP.
     Disable,
     /// TLS required, with the chain checked against `ca_file` and the host name.
     VerifyFull,
@@ -209,11 +261,17 @@ pub enum UpstreamTls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Host name or IP address of the Postgres server; with `tls = "verify-full"`, also the
+    /// name its certificate must carry.
     pub host: String,
+    /// Port of the Postgres server.
     #[serde(default = "defaults::upstream_port")]
     pub port: u16,
+    /// TLS towards the Postgres server.
     #[serde(default = "UpstreamConfig::default_tls")]
     pub tls: UpstreamTls,
+    /// PEM file of the CA certificates the server's chain is checked against (they are the only
+    /// ones trusted). Required with `tls = "verify-full"`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }
@@ -227,15 +285,20 @@ impl UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTlsConfig {
+    /// PEM file of the certificate chain shown to clients, Sentinel's certificate first.
     pub cert_file: PathBuf,
+    /// PEM file of that certificate's private key.
     pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuth {
+    /// SCRAM-SHA-256, checked against `scram_verifier`: the password itself never crosses the
+    /// network.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// No password, from the addresses of `[postgres] trust_networks` only.
     Trust,
     /// The password is a tenant token (`sentinel token issue`), sent in clear text: accepted over
     /// TLS or from loopback only. The connection is bound to the token's tenant.
@@ -245,18 +308,32 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
+    /// The user name clients log in with (the `user` of their startup packet); each is listed
+    /// once.
     pub name: String,
+    /// How a client proves it may log in as this user.
     pub auth: ClientAuth,
+    /// The SCRAM-SHA-256 verifier of the user's password, printed by `sentinel scram-verifier`
+    /// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, not the password).
+    /// Required with `auth = "scram-sha-256"`, refused with the other methods.
     #[serde(default)]
     pub scram_verifier: Option<String>,
+    /// The role Sentinel logs into Postgres as for this user's clients. Default: the user's
+    /// `name`.
     #[serde(default)]
     pub server_user: Option<String>,
+    /// An environment variable holding the upstream password, or a sealed value (opened with
+    /// the master keyring); read at each server connect.
     #[serde(default)]
     pub server_password_env: Option<String>,
+    /// A file holding the upstream password (its trailing newline dropped), or a sealed value;
+    /// read at each server connect, so a rotated file is picked up.
     #[serde(default)]
     pub server_password_file: Option<PathBuf>,
-    /// The upstream password sealed with the master keyring (`sentinel seal --for-user <name>`),
-    /// for the context [`UserConfig::server_password_context`].
+    /// The upstream password sealed with the master keyring (`sentinel seal --for-user <name>`
+    /// seals it for the context `postgres.users.<name>.server_password`). At most one of
+    /// `server_password_sealed`, `server_password_env` and `server_password_file` is given;
+    /// with none, Sentinel logs in without a password.
     #[serde(default)]
     pub server_password_sealed: Option<String>,
     /// Databases whose pools are opened at start, so min_pool_size holds before the first
@@ -549,6 +626,7 @@ impl Config {
         if let Some(ledger) = &self.ledger {
             ledger.validate()?;
         }
+        self.admin.validate(&self.postgres.users)?;
         for name in &self.tenancy.bypass_users {
             if !self.postgres.users.iter().any(|u| &u.name == name) {
                 return Err(invalid(
@@ -580,6 +658,7 @@ impl Config {
         if let Some(ledger) = &self.ledger {
             ledger.sealed_fields(&mut out);
         }
+        self.admin.sealed_fields(&mut out);
         out
     }
 }

@@ -40,6 +40,7 @@ pub enum Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditOnStart {
+    /// No audit at start.
     Off,
     /// Log each finding and start anyway.
     Warn,
@@ -114,7 +115,8 @@ impl Default for TenancyConfig {
     }
 }
 
-/// `[tenancy.tenants.<id>]`.
+/// The settings of one tenant; the table's name is the tenant id, which must match
+/// `id_pattern`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {

@@ -27,6 +27,8 @@ pub enum EgressError {
         what: &'static str,
         retry_after: u64,
     },
+    #[error("this tenant's LLM calls are blocked by an operator")]
+    Blocked,
     #[error("budget ledger unavailable; the call was not sent")]
     LedgerUnavailable,
     #[error("upstream {provider} unreachable: {reason}")]
@@ -45,6 +47,7 @@ impl EgressError {
             EgressError::BadRequest(_) | EgressError::UnknownModel(_) => 400,
             EgressError::TooLarge { .. } => 413,
             EgressError::Unauthorized(_) => 401,
+            EgressError::Blocked => 403,
             EgressError::Budget(_) => 402,
             EgressError::RateLimited { .. } => 429,
             EgressError::LedgerUnavailable => 503,
@@ -61,6 +64,7 @@ impl EgressError {
             EgressError::UnknownModel(_) => "unknown_model",
             EgressError::TooLarge { .. } => "too_large",
             EgressError::Unauthorized(_) => "unauthorized",
+            EgressError::Blocked => "blocked",
             EgressError::Budget(_) => "over_budget",
             EgressError::RateLimited { .. } => "rate_limited",
             EgressError::LedgerUnavailable => "ledger_unavailable",
@@ -85,6 +89,7 @@ impl EgressError {
                 Some("invalid_api_key"),
                 "authentication_error",
             ),
+            EgressError::Blocked => ("permission_denied", None, "permission_error"),
             EgressError::Budget(_) => (
                 "insufficient_quota",
                 Some("budget_exceeded"),
@@ -123,7 +128,7 @@ impl EgressError {
         let _ = header.insert_header("x-request-id", request_id);
         match self {
             // SDKs retry 402 only when told to; say plainly that a retry cannot help.
-            EgressError::Budget(_) | EgressError::Unauthorized(_) => {
+            EgressError::Budget(_) | EgressError::Unauthorized(_) | EgressError::Blocked => {
                 let _ = header.insert_header("x-should-retry", "false");
             }
             EgressError::RateLimited { retry_after, .. } => {

@@ -19,15 +19,16 @@ use sentinel_policy::llm::{
 use serde_json::json;
 use tracing::{Instrument as _, field};
 
-use super::EgressShared;
 use super::auth::credential;
 use super::error::{EgressError, response_header};
 use super::limits::{Limit, Throttled};
 use super::route::{Route, family_of_path, route};
 use super::settle::Settlement;
 use super::upstream::{SendError, Upstream};
+use super::{EgressLive, EgressShared};
 use crate::config::ProviderKind;
 use crate::ledger::{LedgerError, ReserveRequest};
+use crate::metrics::Metrics;
 
 /// Largest SSE event accepted from a provider.
 const MAX_EVENT_BYTES: usize = 8 << 20;
@@ -67,9 +68,12 @@ pub async fn serve(shared: &EgressShared, session: &mut Session) -> pingora::Res
         .stats
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let live = shared.live.load_full();
     let result = async {
         let mut call = Call {
             shared,
+            live: &live,
+            tenant: None,
             request_id: &request_id,
             started: Instant::now(),
         };
@@ -79,6 +83,9 @@ pub async fn serve(shared: &EgressShared, session: &mut Session) -> pingora::Res
             Err(e) => {
                 let family = family_of_path(&path);
                 tracing::info!(status = e.status(), error = %e, "refused");
+                if let Some(tenant) = &call.tenant {
+                    shared.metrics.llm_refused(tenant, e.label());
+                }
                 let (header, body) = e.response(family, &request_id);
                 let written = async {
                     session.write_response_header(header, false).await?;
@@ -134,6 +141,9 @@ impl Outcome {
 
 struct Call<'a> {
     shared: &'a EgressShared,
+    live: &'a EgressLive,
+    /// Known once the virtual key is checked.
+    tenant: Option<String>,
     request_id: &'a str,
     started: Instant,
 }
@@ -149,7 +159,8 @@ struct Metered<'a> {
 impl Call<'_> {
     async fn handle(&mut self, session: &mut Session) -> Result<Outcome, EgressError> {
         let shared = self.shared;
-        let llm = shared.llm();
+        let live = self.live;
+        let llm = live.llm();
         let head = session.req_header();
         let method = head.method.clone();
         let path = head.uri.path().to_owned();
@@ -174,6 +185,11 @@ impl Call<'_> {
         }
         let tenant = claims.tenant;
         tracing::Span::current().record("tenant", tenant.as_str());
+        self.tenant = Some(tenant.clone());
+        if shared.blocks.llm_blocked(&tenant) {
+            Metrics::count(&shared.metrics.blocked_llm);
+            return Err(EgressError::Blocked);
+        }
 
         let api = match route {
             Route::Models => return self.models(session).await,
@@ -183,7 +199,7 @@ impl Call<'_> {
         let body = read_body(session, llm.max_request_bytes).await?;
         let info = parse_request(api, &body).map_err(|e| EgressError::BadRequest(e.to_string()))?;
         tracing::Span::current().record("model", info.model.as_str());
-        let upstream = shared
+        let upstream = live
             .upstream_for(&info.model)
             .filter(|u| (u.kind == ProviderKind::Anthropic) == (api == Api::Messages))
             .ok_or_else(|| EgressError::UnknownModel(info.model.clone()))?;
@@ -193,7 +209,7 @@ impl Call<'_> {
                 .count_tokens(session, upstream, &path, query.as_deref(), body)
                 .await;
         }
-        let price = shared
+        let price = live
             .prices
             .get(&info.model)
             .ok_or_else(|| EgressError::UnknownModel(info.model.clone()))?;
@@ -256,6 +272,10 @@ impl Call<'_> {
             .stats
             .reserved_micros
             .fetch_add(bound.cost.0, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .stats
+            .reservations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if reservation.near_limit {
             tracing::warn!(remaining = %reservation.remaining, "tenant budget past its soft threshold");
         }
@@ -290,7 +310,7 @@ impl Call<'_> {
     /// `GET /v1/models`: the models this gateway routes, in OpenAI's list shape.
     async fn models(&self, session: &mut Session) -> Result<Outcome, EgressError> {
         let data: Vec<_> = self
-            .shared
+            .live
             .llm()
             .providers
             .iter()
@@ -313,7 +333,7 @@ impl Call<'_> {
         query: Option<&str>,
         body: Bytes,
     ) -> Result<Outcome, EgressError> {
-        let llm = self.shared.llm();
+        let llm = self.live.llm();
         let headers = session.req_header().headers.clone();
         let response = upstream
             .send(
@@ -350,13 +370,15 @@ impl Call<'_> {
         mut settlement: Settlement,
         metered: Metered<'_>,
     ) -> Result<Outcome, EgressError> {
-        let llm = self.shared.llm();
+        let llm = self.live.llm();
         let deadline = self.started + llm.total_timeout;
         let hide_usage_chunk =
             api == Api::ChatCompletions && info.stream && info.include_usage != Some(true);
         let body = with_usage_requested(info).map_or(body, Bytes::from);
         let headers = session.req_header().headers.clone();
-        self.shared.stats.added_latency(self.started.elapsed());
+        let added = self.started.elapsed();
+        self.shared.stats.added_latency(added);
+        self.shared.metrics.llm_added_latency.observe(added);
         let first_byte = llm.first_byte_timeout.min(remaining(deadline));
         let sent = upstream
             .send(path, query, &headers, body, llm.connect_retries, first_byte)
@@ -575,6 +597,7 @@ impl Call<'_> {
         let span = tracing::Span::current();
         span.record("charged", field::display(cost));
         self.shared.stats.charged(&usage, cost);
+        self.shared.metrics.llm_tenants.add(&m.tenant, 1, cost.0);
         let used = usage.total_tokens();
         let bound = m.estimate.input_tokens + m.estimate.output_tokens;
         self.shared

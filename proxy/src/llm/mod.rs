@@ -26,13 +26,16 @@ mod upstream;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use sentinel_policy::llm::{PriceBook, Tokenizers};
 
+use crate::admin::Blocks;
 use crate::config::{Config, LlmConfig};
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 
 pub use error::EgressError;
@@ -40,26 +43,18 @@ use limits::RateLimits;
 pub use stats::EgressStats;
 use upstream::Upstream;
 
-/// What every egress request shares: config, keys, ledger, prices, tokenizers, providers.
-pub struct EgressShared {
+/// What a reload replaces: the config, prices and providers. A call takes the current one when
+/// it starts and keeps it to its end.
+pub struct EgressLive {
     config: Arc<Config>,
-    secrets: Arc<Secrets>,
-    ledger: Arc<dyn Ledger>,
     prices: PriceBook,
-    tokenizers: Arc<Tokenizers>,
     upstreams: Vec<Upstream>,
-    limits: RateLimits,
-    pub stats: EgressStats,
 }
 
-impl EgressShared {
+impl EgressLive {
     /// Builds the egress side of a config that has an `[llm]` section: opens every provider
-    /// key and loads the tokenizers, so a bad key fails the start, not the first call.
-    pub fn new(
-        config: Arc<Config>,
-        secrets: Arc<Secrets>,
-        ledger: Arc<dyn Ledger>,
-    ) -> anyhow::Result<EgressShared> {
+    /// key, so a bad key fails the start (or the reload), not the first call.
+    pub fn new(config: Arc<Config>, secrets: &Secrets) -> anyhow::Result<EgressLive> {
         let llm = config
             .llm
             .as_ref()
@@ -68,18 +63,12 @@ impl EgressShared {
         let upstreams = llm
             .providers
             .iter()
-            .map(|p| Upstream::new(p, llm, &secrets))
+            .map(|p| Upstream::new(p, llm, secrets))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let tokenizers = Arc::new(Tokenizers::load()?);
-        Ok(EgressShared {
+        Ok(EgressLive {
             config,
-            secrets,
-            ledger,
             prices,
-            tokenizers,
             upstreams,
-            limits: RateLimits::default(),
-            stats: EgressStats::default(),
         })
     }
 
@@ -94,6 +83,52 @@ impl EgressShared {
     fn upstream_for(&self, model: &str) -> Option<&Upstream> {
         let name = &self.llm().provider_for(model)?.name;
         self.upstreams.iter().find(|u| &u.name == name)
+    }
+}
+
+/// What every egress request shares: keys, ledger, tokenizers, rate limits, counters, and the
+/// reloadable [`EgressLive`].
+pub struct EgressShared {
+    live: ArcSwap<EgressLive>,
+    secrets: Arc<Secrets>,
+    ledger: Arc<dyn Ledger>,
+    tokenizers: Arc<Tokenizers>,
+    limits: RateLimits,
+    blocks: Arc<Blocks>,
+    metrics: Arc<Metrics>,
+    pub stats: EgressStats,
+}
+
+impl EgressShared {
+    /// Also loads the tokenizers.
+    pub fn new(
+        config: Arc<Config>,
+        secrets: Arc<Secrets>,
+        ledger: Arc<dyn Ledger>,
+        blocks: Arc<Blocks>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<EgressShared> {
+        let live = EgressLive::new(config, &secrets)?;
+        let tokenizers = Arc::new(Tokenizers::load()?);
+        Ok(EgressShared {
+            live: ArcSwap::from_pointee(live),
+            secrets,
+            ledger,
+            tokenizers,
+            limits: RateLimits::default(),
+            blocks,
+            metrics,
+            stats: EgressStats::default(),
+        })
+    }
+
+    /// Swaps in a reloaded config for the calls that start from now on.
+    pub fn reload(&self, live: EgressLive) {
+        self.live.store(Arc::new(live));
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
     }
 }
 

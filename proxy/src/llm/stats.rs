@@ -18,6 +18,8 @@ pub struct EgressStats {
     pub output_tokens: AtomicU64,
     pub charged_micros: AtomicU64,
     pub reserved_micros: AtomicU64,
+    /// Reservations granted.
+    pub reservations: AtomicU64,
     /// Time Sentinel spent before the request left for the provider, summed, and its count.
     pub added_micros_sum: AtomicU64,
     pub added_count: AtomicU64,

@@ -10,10 +10,10 @@ use bytes::{Bytes, BytesMut};
 use sentinel_wire::{StartupPacket, decode_startup, encode, parse_sasl_initial_response, tag};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::PgShared;
 use super::auth::scram::{ScramServer, ScramVerifier};
 use super::conn::{BoxStream, Conn, ReadError};
 use super::error::{PgError, PgResult};
+use super::{PgLive, PgShared};
 use crate::config::{ClientAuth, Source};
 use sentinel_policy::keys::verify_tenant_token;
 use sentinel_policy::tenant::{ContextError, TenantId};
@@ -32,6 +32,8 @@ pub struct ClientLogin {
     pub params: BTreeMap<String, String>,
     /// The tenant the whole connection is bound to, by its token or startup parameter.
     pub bound: Option<(TenantId, Source)>,
+    /// The client connection is encrypted.
+    pub tls: bool,
 }
 
 pub enum Accepted {
@@ -44,6 +46,7 @@ pub async fn accept(
     mut stream: BoxStream,
     peer: Option<IpAddr>,
     shared: &PgShared,
+    live: &PgLive,
 ) -> PgResult<Accepted> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut encrypted = false;
@@ -104,10 +107,10 @@ pub async fn accept(
         }
     };
 
-    let mut conn = Conn::new(stream, shared.config.postgres.max_message_bytes);
+    let mut conn = Conn::new(stream, live.config.postgres.max_message_bytes);
     conn.rbuf = buf;
     let secure = encrypted || peer.is_some_and(|ip| ip.is_loopback());
-    match login(&mut conn, minor, &startup, peer, secure, shared).await {
+    match login(&mut conn, minor, &startup, peer, secure, shared, live).await {
         Ok(ClientParams {
             user,
             server_user,
@@ -121,6 +124,7 @@ pub async fn accept(
             database,
             params,
             bound,
+            tls: encrypted,
         }))),
         Err(e) => {
             if !matches!(e, PgError::ClientIo(_)) {
@@ -149,8 +153,9 @@ async fn login(
     peer: Option<IpAddr>,
     secure: bool,
     shared: &PgShared,
+    live: &PgLive,
 ) -> PgResult<ClientParams> {
-    let mut login = read_startup(startup, peer, shared)?;
+    let mut login = read_startup(startup, peer, live)?;
 
     // Sentinel speaks protocol 3.0 and no `_pq_` extensions; say so, as Postgres does.
     let extensions: Vec<&str> = startup
@@ -162,7 +167,7 @@ async fn login(
         encode::negotiate_protocol_version(&mut conn.wbuf, 0, &extensions);
     }
 
-    if let Some(token_tenant) = authenticate(conn, &login.user, peer, secure, shared).await? {
+    if let Some(token_tenant) = authenticate(conn, &login.user, peer, secure, shared, live).await? {
         if login
             .bound
             .as_ref()
@@ -188,7 +193,7 @@ struct ClientParams {
 fn read_startup(
     startup: &[(String, String)],
     peer: Option<IpAddr>,
-    shared: &PgShared,
+    live: &PgLive,
 ) -> PgResult<ClientParams> {
     let get = |name| StartupPacket::param(startup, name);
     let user = get("user")
@@ -231,8 +236,8 @@ fn read_startup(
             ));
         }
     }
-    let bound = startup_tenant(&mut params, &user, peer, shared)?.map(|t| (t, Source::Startup));
-    let server_user = shared
+    let bound = startup_tenant(&mut params, &user, peer, live)?.map(|t| (t, Source::Startup));
+    let server_user = live
         .users
         .get(&user)
         .map(|u| u.config.server_user().to_owned())
@@ -253,9 +258,9 @@ fn startup_tenant(
     params: &mut BTreeMap<String, String>,
     user: &str,
     peer: Option<IpAddr>,
-    shared: &PgShared,
+    live: &PgLive,
 ) -> PgResult<Option<TenantId>> {
-    let tenancy = &shared.config.tenancy;
+    let tenancy = &live.config.tenancy;
     if !tenancy.enabled || tenancy.bypass_users.iter().any(|u| u == user) {
         return Ok(None);
     }
@@ -295,7 +300,7 @@ fn startup_tenant(
              (tenancy.sources and tenancy.startup_networks)",
         )));
     }
-    let tenant = shared
+    let tenant = live
         .tenancy
         .pattern
         .parse(&value)
@@ -368,8 +373,9 @@ async fn authenticate(
     peer: Option<IpAddr>,
     secure: bool,
     shared: &PgShared,
+    live: &PgLive,
 ) -> PgResult<Option<TenantId>> {
-    let entry = shared.users.get(user);
+    let entry = live.users.get(user);
     let mut tenant = None;
     match entry.map(|e| e.config.auth) {
         Some(ClientAuth::TenantToken) => {
@@ -379,12 +385,11 @@ async fn authenticate(
                     "a tenant token is accepted only over TLS or from loopback",
                 )));
             }
-            tenant = Some(token_exchange(conn, user, shared).await?);
+            tenant = Some(token_exchange(conn, user, shared, live).await?);
         }
         Some(ClientAuth::Trust) => {
             let trusted = peer.is_some_and(|ip| {
-                shared
-                    .config
+                live.config
                     .postgres
                     .trust_networks
                     .iter()
@@ -411,7 +416,12 @@ async fn authenticate(
 }
 
 /// Asks for the password in clear text and checks it as a tenant token.
-async fn token_exchange(conn: &mut Conn, user: &str, shared: &PgShared) -> PgResult<TenantId> {
+async fn token_exchange(
+    conn: &mut Conn,
+    user: &str,
+    shared: &PgShared,
+    live: &PgLive,
+) -> PgResult<TenantId> {
     encode::auth_cleartext_password(&mut conn.wbuf);
     conn.flush().await.map_err(PgError::ClientIo)?;
     let frame = read_password_message(conn).await?;
@@ -426,8 +436,7 @@ async fn token_exchange(conn: &mut Conn, user: &str, shared: &PgShared) -> PgRes
         tracing::info!(user, reason = e.label(), "tenant token refused");
         PgError::AuthFailed(user.to_owned())
     })?;
-    shared
-        .tenancy
+    live.tenancy
         .pattern
         .parse(&claims.tenant)
         .map_err(|_| PgError::Tenancy(Refusal::InvalidTenant))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sentinel_wire::encode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use super::error::{PgError, PgResult};
 use super::server::{Login, ServerConn, Upstream};
 use super::statements::Generations;
+use crate::config::PasswordSource;
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -35,6 +37,8 @@ pub struct PoolStats {
     /// Clients waiting for a connection right now.
     pub waiting: AtomicUsize,
     pub checkouts: AtomicU64,
+    /// Checkouts that found no free slot and waited.
+    pub waits: AtomicU64,
     pub wait_timeouts: AtomicU64,
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
@@ -43,9 +47,13 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub key: PoolKey,
-    login: Login,
+    /// How servers log in; a reload may change the password source.
+    login: Mutex<Login>,
     upstream: Upstream,
-    settings: PoolSettings,
+    /// Sizes and timeouts; a reload swaps them.
+    settings: ArcSwap<PoolSettings>,
+    /// Slots in all (`settings.size`, once a shrink has taken its slots back).
+    size: AtomicUsize,
     idle: Mutex<Vec<ServerConn>>,
     slots: Arc<Semaphore>,
     /// Counters for the admin port and metrics (read by the admin work to come).
@@ -82,7 +90,7 @@ impl Checkout {
     pub fn release(mut self) {
         if let Some(mut server) = self.server.take() {
             server.last_used = Instant::now();
-            if server.created.elapsed() < self.pool.settings.lifetime {
+            if server.created.elapsed() < self.pool.settings.load().lifetime {
                 self.pool.idle.lock().push(server);
             } else {
                 close(server);
@@ -122,10 +130,11 @@ impl Pool {
     pub fn new(key: PoolKey, login: Login, upstream: Upstream, settings: PoolSettings) -> Self {
         Pool {
             key,
-            login,
+            login: Mutex::new(login),
             upstream,
             slots: Arc::new(Semaphore::new(settings.size)),
-            settings,
+            size: AtomicUsize::new(settings.size),
+            settings: ArcSwap::from_pointee(settings),
             idle: Mutex::new(Vec::new()),
             stats: PoolStats::default(),
             generations: Generations::default(),
@@ -159,26 +168,25 @@ impl Pool {
 
     async fn wait_for_slot(&self) -> PgResult<OwnedSemaphorePermit> {
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(
-            self.settings.wait_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await;
+        self.stats.waits.fetch_add(1, Ordering::Relaxed);
+        let wait_timeout = self.settings.load().wait_timeout;
+        let permit = tokio::time::timeout(wait_timeout, self.slots.clone().acquire_owned()).await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         match permit {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(PgError::ShuttingDown),
             Err(_) => {
                 self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(PgError::PoolTimeout(self.settings.wait_timeout))
+                Err(PgError::PoolTimeout(wait_timeout))
             }
         }
     }
 
     fn take_idle(&self) -> Option<ServerConn> {
+        let lifetime = self.settings.load().lifetime;
         let mut idle = self.idle.lock();
         while let Some(server) = idle.pop() {
-            if server.created.elapsed() < self.settings.lifetime {
+            if server.created.elapsed() < lifetime {
                 return Some(server);
             }
             close(server);
@@ -187,7 +195,8 @@ impl Pool {
     }
 
     async fn open(&self) -> PgResult<ServerConn> {
-        match self.upstream.connect(&self.login).await {
+        let login = self.login.lock().clone();
+        match self.upstream.connect(&login).await {
             Ok(server) => {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 Ok(server)
@@ -201,15 +210,16 @@ impl Pool {
 
     /// Closes connections idle or alive too long and opens connections up to `min_pool_size`.
     pub async fn maintain(&self) {
+        let settings = self.settings.load_full();
         {
             let mut idle = self.idle.lock();
             let mut total = idle.len() + self.active_count();
             let mut kept = Vec::with_capacity(idle.len());
             for server in idle.drain(..) {
-                let expired = server.created.elapsed() >= self.settings.lifetime;
+                let expired = server.created.elapsed() >= settings.lifetime;
                 // Idle ones go only down to min_pool_size; expired ones go regardless.
-                let unused = server.last_used.elapsed() >= self.settings.idle_timeout
-                    && total > self.settings.min_size;
+                let unused = server.last_used.elapsed() >= settings.idle_timeout
+                    && total > settings.min_size;
                 if expired || unused {
                     total -= 1;
                     close(server);
@@ -219,7 +229,7 @@ impl Pool {
             }
             *idle = kept;
         }
-        while self.idle_count() + self.active_count() < self.settings.min_size {
+        while self.idle_count() + self.active_count() < settings.min_size {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
@@ -256,7 +266,48 @@ impl Pool {
     }
 
     pub fn active_count(&self) -> usize {
-        self.settings.size - self.slots.available_permits()
+        self.size
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Takes new sizes and timeouts. A larger pool gets its slots at once; a smaller one takes
+    /// slots back as connections are returned, never closing one in use.
+    fn reconfigure(self: &Arc<Self>, settings: PoolSettings, password: Option<PasswordSource>) {
+        if let Some(password) = password {
+            self.login.lock().password = password;
+        }
+        let old = self.settings.swap(Arc::new(settings.clone()));
+        if settings.size > old.size {
+            self.slots.add_permits(settings.size - old.size);
+            self.size
+                .fetch_add(settings.size - old.size, Ordering::Relaxed);
+        } else if settings.size < old.size {
+            let surplus = old.size - settings.size;
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let Ok(surplus) = u32::try_from(surplus) else {
+                    return;
+                };
+                if let Ok(permits) = pool.slots.clone().acquire_many_owned(surplus).await {
+                    permits.forget();
+                    pool.size.fetch_sub(surplus as usize, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+
+    /// Server connections open now, with their process ids and ages: the idle ones.
+    pub fn idle_servers(&self) -> Vec<(u32, Instant, Instant)> {
+        self.idle
+            .lock()
+            .iter()
+            .map(|s| (s.cancel.process_id, s.created, s.last_used))
+            .collect()
     }
 
     /// Closes every idle connection (used when the upstream has been seen to restart).
@@ -269,7 +320,7 @@ impl Pool {
 /// All pools, created on first use.
 pub struct Pools {
     upstream: Upstream,
-    settings: PoolSettings,
+    settings: Mutex<PoolSettings>,
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
@@ -277,7 +328,7 @@ impl Pools {
     pub fn new(upstream: Upstream, settings: PoolSettings) -> Self {
         Pools {
             upstream,
-            settings,
+            settings: Mutex::new(settings),
             map: Mutex::new(HashMap::new()),
         }
     }
@@ -295,14 +346,32 @@ impl Pools {
                     key,
                     login.clone(),
                     self.upstream.clone(),
-                    self.settings.clone(),
+                    self.settings.lock().clone(),
                 ))
             })
             .clone()
     }
 
+    /// Every pool, ordered by database and user.
     pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.map.lock().values().cloned().collect()
+        let mut all: Vec<_> = self.map.lock().values().cloned().collect();
+        all.sort_by(|a, b| {
+            (&a.key.database, &a.key.server_user).cmp(&(&b.key.database, &b.key.server_user))
+        });
+        all
+    }
+
+    /// New sizes and timeouts for every pool, existing and future; `password` gives the
+    /// password source of a server user (None: unchanged).
+    pub fn reconfigure(
+        &self,
+        settings: PoolSettings,
+        password: impl Fn(&str) -> Option<PasswordSource>,
+    ) {
+        *self.settings.lock() = settings.clone();
+        for pool in self.all() {
+            pool.reconfigure(settings.clone(), password(&pool.key.server_user));
+        }
     }
 
     pub fn upstream(&self) -> &Upstream {

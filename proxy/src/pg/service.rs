@@ -12,11 +12,12 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing::Instrument;
 
-use super::PgShared;
+use super::clients::{ClientInfo, ClientLoginInfo};
 use super::error::PgError;
 use super::handshake::{self, Accepted};
 use super::server::Login;
 use super::session::Session;
+use super::{PgShared, console};
 
 pub struct PgService {
     shared: Arc<PgShared>,
@@ -44,18 +45,29 @@ impl ServerApp for PgService {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let digest = stream.get_socket_digest();
+        let peer_addr = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let local_addr = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let entry = self.shared.registry.register(peer_addr, local_addr);
         let span = tracing::info_span!(
             "client",
-            client.ip = peer.map(|p| p.to_string()).unwrap_or_default(),
+            client.id = entry.info.id,
+            client.ip = peer_addr.map(|p| p.ip().to_string()).unwrap_or_default(),
             user = tracing::field::Empty,
             database = tracing::field::Empty,
         );
-        self.serve(Box::new(stream), peer, shutdown.clone())
-            .instrument(span)
-            .await;
+        self.serve(
+            Box::new(stream),
+            peer_addr.map(|a| a.ip()),
+            entry.info.clone(),
+            shutdown.clone(),
+        )
+        .instrument(span)
+        .await;
         None
     }
 }
@@ -65,15 +77,17 @@ impl PgService {
         &self,
         stream: super::conn::BoxStream,
         peer: Option<IpAddr>,
+        info: Arc<ClientInfo>,
         shutdown: ShutdownWatch,
     ) {
         let shared = &self.shared;
-        let pg = &shared.config.postgres;
+        let live = shared.live();
+        let pg = &live.config.postgres;
         let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
         let _slot = ClientSlot(shared);
         let accepted = tokio::time::timeout(
             pg.client_login_timeout,
-            handshake::accept(stream, peer, shared),
+            handshake::accept(stream, peer, shared, &live),
         )
         .await
         .unwrap_or(Err(PgError::LoginTimeout));
@@ -94,6 +108,7 @@ impl PgService {
             Err(e) => {
                 // The handshake has already told the client why.
                 log_refusal(&e);
+                self.shared.metrics.pg.login(e.kind());
                 return;
             }
         };
@@ -111,11 +126,25 @@ impl PgService {
         };
         if let Some(e) = refuse {
             log_refusal(&e);
+            self.shared.metrics.pg.login(e.kind());
             e.encode(&mut login.conn.wbuf, "FATAL");
             login.conn.shutdown().await;
             return;
         }
-        let user = shared.users.get(&login.user);
+        self.shared.metrics.pg.login("ok");
+        info.logged_in(ClientLoginInfo {
+            user: login.user.clone(),
+            database: login.database.clone(),
+            server_user: login.server_user.clone(),
+            tls: login.tls,
+        });
+        if login.database == console::DATABASE
+            && live.config.admin.console_users.contains(&login.user)
+        {
+            console::serve(shared.clone(), login.conn, &live, &info).await;
+            return;
+        }
+        let user = live.users.get(&login.user);
         let password = user
             .map(|u| u.config.server_password())
             .unwrap_or(crate::config::PasswordSource::None);
@@ -125,7 +154,7 @@ impl PgService {
             password,
         });
         tracing::debug!("client logged in");
-        let session = Session::new(shared.clone(), login, pool, shutdown);
+        let session = Session::new(shared.clone(), live, login, pool, info, shutdown);
         match session.run().await {
             Ok(()) => tracing::debug!("client disconnected"),
             Err(PgError::ClientIo(e)) => tracing::debug!(error = %e, "client connection lost"),
@@ -165,11 +194,11 @@ impl BackgroundService for PoolMaintenance {
                     }
                     ticks += 1;
                     if ticks.is_multiple_of(60) {
-                        self.shared.tenancy.log_stats();
+                        self.shared.live().tenancy.log_stats();
                     }
                 }
                 _ = shutdown.changed() => {
-                    self.shared.tenancy.log_stats();
+                    self.shared.live().tenancy.log_stats();
                     return;
                 }
             }

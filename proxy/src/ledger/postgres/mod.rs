@@ -872,6 +872,18 @@ impl PgLedger {
     pub fn leases_held(&self) -> usize {
         self.inner.state.lock().leases.len()
     }
+
+    /// Leases held and the money they hold (micro-dollars), for the metrics.
+    pub fn lease_totals(&self) -> (usize, u64) {
+        let state = self.inner.state.lock();
+        let held = state.leases.values().map(|l| l.amount).sum();
+        (state.leases.len(), held)
+    }
+
+    /// Whether the ledger database has answered lately (the worker asks every few seconds).
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy()
+    }
 }
 
 /// `sentinel ledger migrate`: applies the migrations and returns the versions applied now.

@@ -20,8 +20,8 @@ use sentinel_wire::{
 };
 use tokio::time::Instant;
 
-use super::PgShared;
 use super::cancel::CancelHandle;
+use super::clients::{ClientInfo, ClientState};
 use super::conn::{Conn, ReadError};
 use super::error::{PgError, PgResult};
 use super::handshake::ClientLogin;
@@ -32,8 +32,10 @@ use super::server::ServerConn;
 use super::statements::{
     ClientStatements, LocalCommand, SERVER_PREFIX, Statement, local_command, reset_commands,
 };
+use super::tenancy::Refusal;
 use super::tenancy::inject;
 use super::tenancy::state::TenantState;
+use super::{PgLive, PgShared};
 use crate::config::PoolMode;
 
 mod tenancy;
@@ -161,6 +163,14 @@ const RESET_SQL: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET AL
 
 pub struct Session {
     shared: Arc<PgShared>,
+    /// The config this client logged in with.
+    live: Arc<PgLive>,
+    /// This client's entry in the registry of the admin views.
+    info: Arc<ClientInfo>,
+    /// When the request whose reply comes next was sent (for the query duration).
+    query_started: Option<Instant>,
+    /// When the running transaction's first request was sent.
+    tx_started: Option<Instant>,
     client: Conn,
     pool: Arc<Pool>,
     cancel: CancelHandle,
@@ -210,13 +220,15 @@ pub struct Session {
 impl Session {
     pub fn new(
         shared: Arc<PgShared>,
+        live: Arc<PgLive>,
         login: ClientLogin,
         pool: Arc<Pool>,
+        info: Arc<ClientInfo>,
         shutdown: pingora::server::ShutdownWatch,
     ) -> Session {
         let cancel = shared.cancels.register();
-        let mode = shared.config.postgres.pool_mode;
-        let tenancy = &shared.tenancy;
+        let mode = live.config.postgres.pool_mode;
+        let tenancy = &live.tenancy;
         let tenant = tenancy
             .applies_to(&login.user)
             .then(|| TenantState::new(tenancy.clone(), login.bound.clone().map(|(t, _)| t)));
@@ -251,6 +263,10 @@ impl Session {
             next_prefix: None,
             next_inject: None,
             shared,
+            live,
+            info,
+            query_started: None,
+            tx_started: None,
         }
     }
 
@@ -310,6 +326,13 @@ impl Session {
                 }
             }
             self.maybe_release().await?;
+            let held = self.held.as_mut().map(|c| c.server().cancel.process_id);
+            self.info.set_server(held);
+            self.info.set_state(if held.is_some() {
+                ClientState::Active
+            } else {
+                ClientState::Idle
+            });
         }
     }
 
@@ -345,6 +368,7 @@ impl Session {
 
     async fn on_client_frame(&mut self, frame: Frame) -> PgResult<Flow> {
         use tag::frontend as f;
+        let received = Instant::now();
         if self.discarding {
             if frame.tag == f::SYNC {
                 self.discarding = false;
@@ -379,10 +403,16 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 redacted = self.redacted(&msg)?;
+                if matches!(
+                    msg,
+                    FrontendMessage::Query { .. } | FrontendMessage::Bind { .. }
+                ) {
+                    self.note_tenant()?;
+                }
             } else if self.bypass
                 && let FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } = &msg
             {
-                self.shared.tenancy.bypass(sql, &self.user);
+                self.live.tenancy.bypass(sql, &self.user);
                 // What a bypass user's statement leaves on the server (a session set_config of
                 // the tenant, say) is unknown: reset the connection before another client.
                 self.dirty.session = true;
@@ -464,6 +494,11 @@ impl Session {
             }
             _ => {}
         }
+        let statement = matches!(
+            msg,
+            FrontendMessage::Query { .. } | FrontendMessage::Execute { .. }
+        );
+        let checks_done = Instant::now();
         if let Err(e) = self.ensure_server().await {
             if matches!(e, PgError::ShuttingDown) {
                 return Err(e);
@@ -484,8 +519,37 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
+        let server_ready = Instant::now();
         self.forward(&frame, msg);
+        if statement {
+            let metrics = &self.shared.metrics.pg;
+            metrics
+                .queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .added_latency
+                .observe((checks_done - received) + server_ready.elapsed());
+            self.info.requested();
+        }
         Ok(Flow::Continue)
+    }
+
+    /// Records the tenant the client's statement runs as, and ends the session of a tenant an
+    /// operator has blocked (the kill switch).
+    fn note_tenant(&mut self) -> PgResult<()> {
+        let Some(tenant) = self.tenant.as_ref().and_then(|t| t.context.current()) else {
+            return Ok(());
+        };
+        self.info.set_tenant(tenant.as_str());
+        if self.shared.blocks.db_blocked(tenant.as_str()) {
+            crate::metrics::Metrics::count(&self.shared.metrics.blocked_db);
+            tracing::info!(
+                tenant = tenant.as_str(),
+                "tenant blocked: closing the client"
+            );
+            return Err(PgError::Tenancy(Refusal::Blocked));
+        }
+        Ok(())
     }
 
     /// Answers DEALLOCATE, DISCARD ALL and RESET for the client's own virtual session. Returns
@@ -893,8 +957,11 @@ impl Session {
         self.server().conn.wbuf.extend_from_slice(bytes);
         if let Some(p) = pending {
             if p.ends_with_ready() && self.busy_since.is_none() {
-                self.busy_since = Some(Instant::now());
+                let now = Instant::now();
+                self.busy_since = Some(now);
                 self.timeout_cancel_sent = false;
+                self.query_started.get_or_insert(now);
+                self.tx_started.get_or_insert(now);
             }
             self.pending.push_back(p);
         }
@@ -1025,9 +1092,11 @@ impl Session {
                 {
                     tenant.settle(status);
                 }
-                if !self.pending.iter().any(Pending::ends_with_ready) {
+                let more = self.pending.iter().any(Pending::ends_with_ready);
+                if !more {
                     self.busy_since = None;
                 }
+                self.timed_ready(status, more);
                 if status != TransactionStatus::Idle && self.pending.is_empty() {
                     self.idle_since = Some(Instant::now());
                 }
@@ -1251,6 +1320,12 @@ impl Session {
         if self.drain_deadline.is_some() {
             return Err(PgError::ShuttingDown);
         }
+        if self.shared.pause.is_paused() {
+            self.info.set_state(ClientState::Waiting);
+            self.shared.pause.wait().await;
+        }
+        self.info.set_state(ClientState::Waiting);
+        let asked = Instant::now();
         let mut checkout = loop {
             let mut checkout = self.pool.checkout().await?;
             // A connection released moments ago is trusted as PgBouncer trusts any used within
@@ -1261,6 +1336,8 @@ impl Session {
             }
             checkout.discard();
         };
+        self.shared.metrics.pg.pool_wait.observe(asked.elapsed());
+        self.info.set_state(ClientState::Active);
         if let Some(sql) = params::sync_sql(&checkout.server().applied, &self.desired) {
             let outcome = housekeeping(checkout.server(), &sql).await;
             match outcome {
@@ -1378,8 +1455,29 @@ impl Session {
 
     // === time ===
 
+    /// A ReadyForQuery arrived: times the request it ends and, back at idle, its transaction.
+    /// With more requests pipelined behind it, the next one is timed from now.
+    fn timed_ready(&mut self, status: TransactionStatus, more: bool) {
+        let now = Instant::now();
+        let metrics = &self.shared.metrics.pg;
+        if let Some(started) = self.query_started.take() {
+            metrics.query_duration.observe(now - started);
+        }
+        if more {
+            self.query_started = Some(now);
+        }
+        if status == TransactionStatus::Idle
+            && let Some(started) = self.tx_started.take()
+        {
+            metrics
+                .transactions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.transaction_duration.observe(now - started);
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
-        let pg = &self.shared.config.postgres;
+        let pg = &self.live.config.postgres;
         let query = (!pg.query_timeout.is_zero() && !self.timeout_cancel_sent)
             .then(|| self.busy_since.map(|t| t + pg.query_timeout))
             .flatten();
@@ -1397,7 +1495,7 @@ impl Session {
         if self.drain_deadline.is_some_and(|d| d <= now) {
             return Err(PgError::ShuttingDown);
         }
-        let pg = &self.shared.config.postgres;
+        let pg = &self.live.config.postgres;
         if self
             .idle_since
             .is_some_and(|t| t + pg.idle_transaction_timeout <= now)
@@ -1433,7 +1531,7 @@ impl Session {
         if self.held.is_none() || between_transactions {
             return Err(PgError::ShuttingDown);
         }
-        self.drain_deadline = Some(Instant::now() + self.shared.config.process.shutdown_grace);
+        self.drain_deadline = Some(Instant::now() + self.live.config.process.shutdown_grace);
         Ok(())
     }
 }

@@ -96,12 +96,12 @@ impl Session {
         let action = match action {
             Action::RefuseQuery((refusal, fingerprint))
             | Action::RefuseExtended((refusal, fingerprint))
-                if !self.shared.tenancy.config.enforce =>
+                if !self.live.tenancy.config.enforce =>
             {
                 // Report-only: counted and logged as a refusal, then run as sent. What it does
                 // to the server connection is unknown (a session set_config of the tenant, say):
                 // reset it before another client gets it.
-                self.shared
+                self.live
                     .tenancy
                     .reported(&refusal, fingerprint, &self.user);
                 self.next_prefix = None;
@@ -125,9 +125,7 @@ impl Session {
             }
             Action::RefuseQuery(refused) => self.refuse_query(refused),
             Action::RefuseExtended((refusal, fingerprint)) => {
-                self.shared
-                    .tenancy
-                    .refused(&refusal, fingerprint, &self.user);
+                self.live.tenancy.refused(&refusal, fingerprint, &self.user);
                 let reply = self.refusal_reply(&refusal);
                 self.refuse_with(reply);
             }
@@ -147,7 +145,7 @@ impl Session {
     pub(super) fn redacted(&self, msg: &FrontendMessage<'_>) -> PgResult<Option<Frame>> {
         let mut buf = BytesMut::new();
         match msg {
-            FrontendMessage::Query { sql } => match self.shared.tenancy.redact(sql) {
+            FrontendMessage::Query { sql } => match self.live.tenancy.redact(sql) {
                 Some(text) => encode::query(&mut buf, &text),
                 None => return Ok(None),
             },
@@ -155,7 +153,7 @@ impl Session {
                 name,
                 sql,
                 param_types,
-            } => match self.shared.tenancy.redact(sql) {
+            } => match self.live.tenancy.redact(sql) {
                 Some(text) => encode::parse_raw_types(&mut buf, name, &text, param_types),
                 None => return Ok(None),
             },
@@ -168,9 +166,7 @@ impl Session {
     /// Inside a transaction block the server's transaction is made to fail as well, as it would
     /// after an error of Postgres's own, so a later COMMIT cannot keep half of the work.
     fn refuse_query(&mut self, (refusal, fingerprint): Refused) {
-        self.shared
-            .tenancy
-            .refused(&refusal, fingerprint, &self.user);
+        self.live.tenancy.refused(&refusal, fingerprint, &self.user);
         self.next_prefix = None;
         let in_block = self.tx != TransactionStatus::Idle
             || self.tenant.as_ref().is_some_and(TenantState::block_open);
@@ -192,7 +188,7 @@ impl Session {
 
     fn refusal_reply(&self, refusal: &Refusal) -> Bytes {
         let mut out = BytesMut::new();
-        let hint = matches!(refusal, Refusal::NoContext).then(|| self.shared.tenancy.hint());
+        let hint = matches!(refusal, Refusal::NoContext).then(|| self.live.tenancy.hint());
         encode::error_response(
             &mut out,
             "ERROR",
@@ -238,7 +234,7 @@ impl Session {
         let name = inject::statement_name(timeout.is_some());
         if !self.server().prepared.contains(name) {
             let mut parse = BytesMut::new();
-            let setting = self.shared.tenancy.config.setting.clone();
+            let setting = self.live.tenancy.config.setting.clone();
             inject::statement(&mut parse, &setting, timeout.is_some());
             let name: Arc<str> = name.into();
             self.server().prepared.insert(name.clone());

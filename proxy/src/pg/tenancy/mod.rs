@@ -45,9 +45,7 @@ pub struct Tenancy {
     /// tenant id; others use the plain form.
     timeouts: BTreeMap<String, String>,
     hint: String,
-    refusals: Mutex<BTreeMap<&'static str, u64>>,
-    pub bypassed: AtomicU64,
-    last_stats: Mutex<Option<Stats>>,
+    counters: Arc<TenancyCounters>,
     /// The comment key of a signed tenant tag (`<comment_key>_token`).
     token_key: String,
     /// Verifies signed tags.
@@ -57,8 +55,53 @@ pub struct Tenancy {
 /// Cache hits, misses, bypassed statements and refusals, as last logged.
 type Stats = (u64, u64, u64, BTreeMap<&'static str, u64>);
 
+/// What tenancy counts for the metrics. Outlives reloads, so counters only go up.
+#[derive(Default)]
+pub struct TenancyCounters {
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    would_refuse: Mutex<BTreeMap<&'static str, u64>>,
+    pub bypassed: AtomicU64,
+    /// Verdict cache hits and misses of configs a reload replaced.
+    retired_hits: AtomicU64,
+    retired_misses: AtomicU64,
+    last_stats: Mutex<Option<Stats>>,
+}
+
+impl TenancyCounters {
+    /// Refusals so far, by reason label.
+    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        self.refusals.lock().clone()
+    }
+
+    /// Statements report-only mode let through that enforcement would have refused.
+    pub fn would_refuse(&self) -> BTreeMap<&'static str, u64> {
+        self.would_refuse.lock().clone()
+    }
+
+    /// Verdict cache hits and misses, over `current` and every config it replaced.
+    pub fn cache(&self, current: &Tenancy) -> (u64, u64) {
+        let stats = current.verdicts.stats();
+        (
+            stats.hits + self.retired_hits.load(Ordering::Relaxed),
+            stats.misses + self.retired_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps the cache counts of a config a reload replaced.
+    pub fn retire(&self, old: &Tenancy) {
+        let stats = old.verdicts.stats();
+        self.retired_hits.fetch_add(stats.hits, Ordering::Relaxed);
+        self.retired_misses
+            .fetch_add(stats.misses, Ordering::Relaxed);
+    }
+}
+
 impl Tenancy {
-    pub fn new(config: &TenancyConfig, secrets: Arc<Secrets>) -> anyhow::Result<Tenancy> {
+    pub fn new(
+        config: &TenancyConfig,
+        secrets: Arc<Secrets>,
+        counters: Arc<TenancyCounters>,
+    ) -> anyhow::Result<Tenancy> {
         let pattern = config.id_pattern()?;
         let rules = Rules {
             tenant_setting: config.setting.clone(),
@@ -79,9 +122,7 @@ impl Tenancy {
             pattern,
             verdicts,
             timeouts,
-            refusals: Mutex::new(BTreeMap::new()),
-            bypassed: AtomicU64::new(0),
-            last_stats: Mutex::new(None),
+            counters,
             token_key: format!("{}_token", config.comment_key),
             secrets,
         })
@@ -181,7 +222,12 @@ impl Tenancy {
 
     /// Counts a refusal and logs it with the statement's fingerprint (never its text).
     pub fn refused(&self, refusal: &Refusal, fingerprint: u64, user: &str) {
-        self.count(refusal);
+        *self
+            .counters
+            .refusals
+            .lock()
+            .entry(refusal.label())
+            .or_insert(0) += 1;
         tracing::info!(
             user,
             reason = refusal.label(),
@@ -193,7 +239,12 @@ impl Tenancy {
 
     /// Counts and logs what would have been refused, in report-only mode (`enforce = false`).
     pub fn reported(&self, refusal: &Refusal, fingerprint: u64, user: &str) {
-        self.count(refusal);
+        *self
+            .counters
+            .would_refuse
+            .lock()
+            .entry(refusal.label())
+            .or_insert(0) += 1;
         tracing::warn!(
             user,
             reason = refusal.label(),
@@ -203,14 +254,14 @@ impl Tenancy {
         );
     }
 
-    fn count(&self, refusal: &Refusal) {
-        *self.refusals.lock().entry(refusal.label()).or_insert(0) += 1;
-    }
-
     /// Refusals so far (or, in report-only mode, statements that would have been refused), by
     /// reason label.
     pub fn refusal_counts(&self) -> BTreeMap<&'static str, u64> {
-        self.refusals.lock().clone()
+        let mut counts = self.counters.refusals();
+        for (reason, n) in self.counters.would_refuse() {
+            *counts.entry(reason).or_insert(0) += n;
+        }
+        counts
     }
 
     /// Logs the verdict cache's hit rate and the refusals by reason, when they changed since the
@@ -218,9 +269,9 @@ impl Tenancy {
     pub fn log_stats(&self) {
         let cache = self.verdicts.stats();
         let refusals = self.refusal_counts();
-        let bypassed = self.bypassed.load(Ordering::Relaxed);
+        let bypassed = self.counters.bypassed.load(Ordering::Relaxed);
         let snapshot = (cache.hits, cache.misses, bypassed, refusals.clone());
-        let mut last = self.last_stats.lock();
+        let mut last = self.counters.last_stats.lock();
         if last.as_ref() == Some(&snapshot) {
             return;
         }
@@ -238,7 +289,7 @@ impl Tenancy {
 
     /// Logs a statement of a bypass user with its fingerprint.
     pub fn bypass(&self, sql: &str, user: &str) {
-        self.bypassed.fetch_add(1, Ordering::Relaxed);
+        self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
         let verdict = self.verdicts.verdict(sql);
         tracing::info!(
             user,

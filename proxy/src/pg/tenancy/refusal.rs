@@ -37,6 +37,8 @@ pub enum Refusal {
     /// In one query string, a statement that needs the tenant after one that ends the
     /// transaction the tenant was set in.
     TenantAfterTransactionEnd,
+    /// The tenant's database access is switched off by an operator (the admin kill switch).
+    Blocked,
 }
 
 impl Refusal {
@@ -49,7 +51,8 @@ impl Refusal {
             | Refusal::UnsignedTag
             | Refusal::StartupRole
             | Refusal::FunctionCall
-            | Refusal::TenantAfterTransactionEnd => "42501",
+            | Refusal::TenantAfterTransactionEnd
+            | Refusal::Blocked => "42501",
             Refusal::Unparsable(_) => "42601",
             Refusal::TransactionAborted => "25P02",
             Refusal::Tag(e) => e.sqlstate().unwrap_or("42501"),
@@ -90,6 +93,7 @@ impl Refusal {
                  query string; send it separately"
                     .into()
             }
+            Refusal::Blocked => "this tenant's database access is blocked by an operator".into(),
         }
     }
 
@@ -109,6 +113,7 @@ impl Refusal {
             Refusal::StartupRole => "startup_role",
             Refusal::FunctionCall => "function_call",
             Refusal::TenantAfterTransactionEnd => "tenant_after_transaction_end",
+            Refusal::Blocked => "blocked",
         }
     }
 }
