@@ -416,6 +416,9 @@ host = "127.0.0.1"
 port = {db.port}
 tls = "disable"
 
+[admin]
+listen = "127.0.0.1:{free_port()}"
+
 {tenancy}
 [[postgres.users]]
 name = {toml_str(db.role)}
@@ -860,6 +863,9 @@ trust_networks = ["127.0.0.1/32", "::1/128"]
 host = "127.0.0.1"
 port = {unused_upstream_port}
 tls = "disable"
+
+[admin]
+listen = "127.0.0.1:{free_port()}"
 
 {TENANCY_OFF}
 [[postgres.users]]

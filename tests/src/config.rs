@@ -204,10 +204,23 @@ impl SentinelConfig {
             // off, and tenancy tests switch it on with the options they are about.
             ("tenancy", "enabled", "false"),
         ];
+        let admin = toml_str(&format!("127.0.0.1:{}", free_port()));
         for (table, key, value) in defaults {
             cfg = cfg.option(table, key, value);
         }
-        cfg
+        // Every test process gets its own admin port (the default 9930 would collide).
+        cfg.option("admin", "listen", &admin)
+    }
+
+    /// `http://127.0.0.1:<admin port>`.
+    pub fn admin_url(&self) -> String {
+        let listen = self
+            .options
+            .get(&("admin".to_owned(), "listen".to_owned()))
+            .and_then(|v| toml::from_str::<toml::Value>(&format!("v = {v}")).ok())
+            .and_then(|t| t.get("v").and_then(|v| v.as_str().map(str::to_owned)))
+            .unwrap_or_else(|| "127.0.0.1:9930".to_owned());
+        format!("http://{listen}")
     }
 
     /// Sets `key = <raw TOML value>` in `[table]` (`process`, `keys`, `postgres`,

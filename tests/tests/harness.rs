@@ -410,7 +410,7 @@ fn config_accepts_options_it_does_not_know_yet() -> Result<()> {
     let cfg = SentinelConfig::with_upstream("127.0.0.1", 5432)
         .option("postgres", "future_knob", "true")
         .option("postgres.tls", "cert_file", "\"/x.crt\"")
-        .extra_toml("[admin]\nlisten = \"127.0.0.1:0\"")
+        .extra_toml("[future]\nlisten = \"127.0.0.1:0\"")
         .user(
             "app",
             Auth::Verifier("SCRAM-SHA-256$4096:abc$def:ghi"),
@@ -422,7 +422,7 @@ fn config_accepts_options_it_does_not_know_yet() -> Result<()> {
         rendered["postgres"]["tls"]["cert_file"].as_str(),
         Some("/x.crt")
     );
-    assert_eq!(rendered["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
+    assert_eq!(rendered["future"]["listen"].as_str(), Some("127.0.0.1:0"));
     assert_eq!(
         rendered["postgres"]["users"][0]["scram_verifier"].as_str(),
         Some("SCRAM-SHA-256$4096:abc$def:ghi")
