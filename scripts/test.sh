@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything CI checks, in order: setup, format, lints, build, Rust tests (unit and black-box),
-# then the Python client tests if there are any. Every step runs even if an earlier one failed,
-# so one run reports all problems; the exit status is non-zero if any step failed.
+# Everything CI checks, in order: setup, format, Kubernetes manifests, lints, build, Rust tests
+# (unit and black-box), then the Python client tests if there are any. Every step runs even if an
+# earlier one failed, so one run reports all problems; the exit status is non-zero if any step
+# failed.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -50,6 +51,7 @@ printf '==> setup\n'
 scripts/setup.sh
 
 step "cargo fmt" cargo fmt --all --check
+step "manifests" scripts/check-manifests.sh
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # The black-box tests run target/<profile>/sentinel as a child process: build it first.
 step "cargo build" cargo build -p sentinel

@@ -1,6 +1,6 @@
 //! Command line: `sentinel run`, `sentinel check-config`, `sentinel audit`, `sentinel
 //! scram-verifier`, and the key commands `sentinel keys new|rotate|drop|check`, `sentinel seal`,
-//! `sentinel token issue`, `sentinel vkey issue`.
+//! `sentinel token issue`, `sentinel vkey issue`, `sentinel admin-token issue`.
 //!
 //! Every command that needs the master keyring reads it like `run` does: from
 //! `SENTINEL_MASTER_KEY`, or from the file named by `[keys] master_key_file` in the config.
@@ -93,6 +93,9 @@ enum Command {
     /// Virtual LLM keys.
     #[command(subcommand)]
     Vkey(VkeyCommand),
+    /// Bearer tokens for the admin port.
+    #[command(subcommand)]
+    AdminToken(AdminTokenCommand),
     /// Log in upstream as each configured user (except tenancy.bypass_users) and report what
     /// would defeat row-level security: a superuser or BYPASSRLS role, tables without RLS or
     /// owned without FORCE, policies that ignore the tenant setting, views and functions that
@@ -179,6 +182,22 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Print an admin token (`sat1.…`) for `Authorization: Bearer` on the admin port.
+    Issue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A name for the token (logged with each admin request; listed in [admin]
+        /// revoked_names to revoke it).
+        #[arg(long)]
+        name: String,
+        /// How long the token is valid (e.g. 24h, 30d); without it, it never expires.
+        #[arg(long)]
+        ttl: Option<humantime_serde::re::humantime::Duration>,
+    },
+}
+
+#[derive(Subcommand)]
 enum VkeyCommand {
     /// Print a virtual LLM key (`sk-stn-…`) for a tenant, with a fresh random key id.
     Issue {
@@ -231,6 +250,9 @@ pub fn main() -> ExitCode {
             tenant,
             ttl,
         }) => commands::token_issue(&config.config, &tenant, ttl.map(Into::into)),
+        Command::AdminToken(AdminTokenCommand::Issue { config, name, ttl }) => {
+            commands::admin_token_issue(&config.config, &name, ttl.map(Into::into))
+        }
         Command::Vkey(VkeyCommand::Issue { config, tenant }) => {
             commands::vkey_issue(&config.config, &tenant)
         }

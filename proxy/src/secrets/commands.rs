@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use rand::rngs::OsRng;
 use sentinel_policy::keys::{
-    EnvSalt, KeyId, Keyring, MAX_SEALED_PLAINTEXT, MasterKey, issue_tenant_token,
-    issue_virtual_key, needs_reseal, new_virtual_key_id, reseal,
+    EnvSalt, KeyId, Keyring, MAX_SEALED_PLAINTEXT, MasterKey, issue_admin_token,
+    issue_tenant_token, issue_virtual_key, needs_reseal, new_virtual_key_id, reseal,
 };
 use zeroize::Zeroizing;
 
@@ -392,25 +392,21 @@ fn unix_now() -> anyhow::Result<u64> {
 }
 
 /// `sentinel token issue`: a tenant token.
-pub fn token_issue(config_path: &Path, tenant: &str, ttl: Option<Duration>) -> anyhow::Result<()> {
-    let (_, _, secrets, _) = load(config_path)?;
-    let expires_at = match ttl {
-        None => None,
+/// The expiry of a credential valid for `ttl` from now (`None`: never expires).
+fn expiry_from(ttl: Option<Duration>) -> anyhow::Result<Option<u64>> {
+    match ttl {
+        None => Ok(None),
         Some(ttl) if ttl.as_secs() == 0 => bail!("--ttl must be at least 1s"),
-        Some(ttl) => Some(
+        Some(ttl) => Ok(Some(
             unix_now()?
                 .checked_add(ttl.as_secs())
                 .context("--ttl is too long")?,
-        ),
-    };
-    let token = Zeroizing::new(issue_tenant_token(
-        secrets.keyring(),
-        secrets.salt(),
-        tenant,
-        expires_at,
-    )?);
-    print_stdout(&format!("{}\n", token.as_str()))?;
-    let expiry = match expires_at {
+        )),
+    }
+}
+
+fn describe_expiry(expires_at: Option<u64>) -> String {
+    match expires_at {
         Some(at) => format!(
             "expires {}",
             humantime_serde::re::humantime::format_rfc3339_seconds(
@@ -418,7 +414,45 @@ pub fn token_issue(config_path: &Path, tenant: &str, ttl: Option<Duration>) -> a
             )
         ),
         None => "never expires (give --ttl for one that does)".to_owned(),
-    };
+    }
+}
+
+/// `sentinel admin-token issue`: a bearer token for the admin port, valid on every replica of
+/// this environment (same keyring and salt).
+pub fn admin_token_issue(
+    config_path: &Path,
+    name: &str,
+    ttl: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (_, _, secrets, _) = load(config_path)?;
+    let expires_at = expiry_from(ttl)?;
+    let token = Zeroizing::new(issue_admin_token(
+        secrets.keyring(),
+        secrets.salt(),
+        name,
+        expires_at,
+    )?);
+    print_stdout(&format!("{}\n", token.as_str()))?;
+    eprintln!(
+        "sentinel: admin token `{name}`, signed with key `{}`; {}. Revoke it by listing its \
+         name in [admin] revoked_names (then reload), or by dropping its key.",
+        secrets.keyring().current_id(),
+        describe_expiry(expires_at)
+    );
+    Ok(())
+}
+
+pub fn token_issue(config_path: &Path, tenant: &str, ttl: Option<Duration>) -> anyhow::Result<()> {
+    let (_, _, secrets, _) = load(config_path)?;
+    let expires_at = expiry_from(ttl)?;
+    let token = Zeroizing::new(issue_tenant_token(
+        secrets.keyring(),
+        secrets.salt(),
+        tenant,
+        expires_at,
+    )?);
+    print_stdout(&format!("{}\n", token.as_str()))?;
+    let expiry = describe_expiry(expires_at);
     eprintln!(
         "sentinel: tenant token for `{tenant}`, signed with key `{}`; {expiry}",
         secrets.keyring().current_id()
