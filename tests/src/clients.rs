@@ -128,8 +128,31 @@ pub fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 /// Runs `psql -X -A -t -v ON_ERROR_STOP=1 -c <sql>` against 127.0.0.1:`port` and returns its
 /// output (check `status`; `stdout` has unaligned, tuples-only rows).
 pub async fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Result<Output> {
+    run_psql(&["-t"], port, user, password, db, sql).await
+}
+
+/// Like [`psql`], with the column names as the first line of `stdout`.
+pub async fn psql_with_headers(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    sql: &str,
+) -> Result<Output> {
+    run_psql(&["-P", "footer=off"], port, user, password, db, sql).await
+}
+
+async fn run_psql(
+    extra: &[&str],
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    sql: &str,
+) -> Result<Output> {
     let mut cmd = tokio::process::Command::new(pg_bin_dir().join("psql"));
-    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+    cmd.args(["-X", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args(extra)
         .arg("-p")
         .arg(port.to_string())
         .arg("-U")

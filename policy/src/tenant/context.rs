@@ -90,8 +90,7 @@ impl TenantContext {
         self.current().is_some()
     }
 
-    /// The tenant an untagged statement acts for now.
-    pub fn current(&self) -> Option<&TenantId> {
+    fn current(&self) -> Option<&TenantId> {
         self.bound
             .as_ref()
             .or(self.transaction.as_ref())

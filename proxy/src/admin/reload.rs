@@ -32,6 +32,8 @@ pub struct ReloadReport {
 
 pub struct Reloader {
     path: PathBuf,
+    /// The config the process started with: what restart-only settings still run on.
+    started: Arc<Config>,
     current: ArcSwap<Config>,
     auth: ArcSwap<AdminAuth>,
     secrets: Arc<Secrets>,
@@ -54,6 +56,7 @@ impl Reloader {
         let auth = admin_auth(&config, &secrets)?;
         Ok(Reloader {
             path,
+            started: config.clone(),
             current: ArcSwap::new(config),
             auth: ArcSwap::from_pointee(auth),
             secrets,
@@ -106,7 +109,7 @@ impl Reloader {
             .map_err(|e| {
                 format!("{e} (the running keyring is kept until a restart; a new key needs one)")
             })?;
-        let restart_required = restart_only_changes(&old, &new);
+        let restart_required = restart_only_changes(&self.started, &new);
         let pg_live = PgLive::new(
             new.clone(),
             self.secrets.clone(),

@@ -254,7 +254,8 @@ impl TenantLlmConfig {
         Ok((limit, models))
     }
 
-    fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// Checks the budget fields (from the config file or the admin API), naming `field`.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
         self.limits(field)?;
         if !(0.0..=1.0).contains(&self.soft_threshold) {
             return Err(invalid(

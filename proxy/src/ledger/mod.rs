@@ -234,6 +234,7 @@ impl BudgetSpec {
         config: &crate::config::TenantLlmConfig,
         field: &str,
     ) -> Result<BudgetSpec, crate::config::ConfigError> {
+        config.validate(field)?;
         let (limit, models) = config.limits(field)?;
         Ok(BudgetSpec {
             limit,

@@ -285,8 +285,20 @@ impl Session {
         result
     }
 
+    /// Shows in the admin views whether the client holds a server connection now.
+    fn publish_state(&mut self) {
+        let held = self.held.as_mut().map(|c| c.server().cancel.process_id);
+        self.info.set_server(held);
+        self.info.set_state(if held.is_some() {
+            ClientState::Active
+        } else {
+            ClientState::Idle
+        });
+    }
+
     async fn run_inner(&mut self) -> PgResult<()> {
         self.login().await?;
+        self.publish_state();
         // One wait for shutdown for the whole session: a fresh `changed()` on every event would
         // take the watch's lock, which every session shares, twice per event.
         let mut shutdown = self.shutdown.clone();
@@ -326,13 +338,7 @@ impl Session {
                 }
             }
             self.maybe_release().await?;
-            let held = self.held.as_mut().map(|c| c.server().cancel.process_id);
-            self.info.set_server(held);
-            self.info.set_state(if held.is_some() {
-                ClientState::Active
-            } else {
-                ClientState::Idle
-            });
+            self.publish_state();
         }
     }
 
@@ -537,7 +543,11 @@ impl Session {
     /// Records the tenant the client's statement runs as, and ends the session of a tenant an
     /// operator has blocked (the kill switch).
     fn note_tenant(&mut self) -> PgResult<()> {
-        let Some(tenant) = self.tenant.as_ref().and_then(|t| t.context.current()) else {
+        let Some(tenant) = self
+            .tenant
+            .as_ref()
+            .and_then(|t| t.statement_tenant.as_ref())
+        else {
             return Ok(());
         };
         self.info.set_tenant(tenant.as_str());

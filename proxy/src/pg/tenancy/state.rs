@@ -37,6 +37,9 @@ pub struct BindPlan {
 pub struct TenantState {
     pub tenancy: Arc<Tenancy>,
     pub context: TenantContext,
+    /// The tenant the last statement checked acts for (for the admin views and the kill
+    /// switch).
+    pub statement_tenant: Option<TenantId>,
     /// A transaction block is open after everything sent so far.
     block_open: bool,
     /// The tenant was sent in the current extended batch already.
@@ -55,6 +58,7 @@ impl TenantState {
     pub fn new(tenancy: Arc<Tenancy>, bound: Option<TenantId>) -> TenantState {
         TenantState {
             context: tenancy.context(bound),
+            statement_tenant: None,
             tenancy,
             block_open: false,
             batch_injected: false,
@@ -150,6 +154,7 @@ impl TenantState {
         if tenant.is_none() && matches!(checked.verdict.kind, VerdictKind::NeedsTenant) {
             return Err((Refusal::NoContext, fp));
         }
+        self.statement_tenant.clone_from(&tenant);
         Ok(tenant)
     }
 
