@@ -20,13 +20,19 @@
 //!   table too;
 //! - the one server connection is clean afterwards (no tenant, no other role).
 //!
+//! After the table, the admin port's `GET /metrics` agrees: `sentinel_tenancy_would_refuse_total`
+//! per `reason` is the number of cases with that label (each sends its statement once), the same
+//! as the report lines per reason in the log, and sums to the number of cases;
+//! `sentinel_tenancy_refusals_total` is absent or zero for every reason.
+//!
 //! Nothing here runs what could reach beyond the test's own database: the statements Postgres
 //! would run with more privileges (`ALTER SYSTEM`, `COPY … PROGRAM`, `CREATE ROLE`, …) are
 //! left without them, so Postgres refuses them itself; what Postgres runs, runs on a table the
 //! app role owns and inside a transaction that is rolled back.
 //!
 //! A control: an enforcing Sentinel on the same database refuses the first case (42501,
-//! `tenant context required`) and logs it as refused, not as reported.
+//! `tenant context required`) and logs and counts it as refused
+//! (`sentinel_tenancy_refusals_total{reason="no_context"} 1`), not as reported.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -495,6 +501,216 @@ fn is_fingerprint(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Report lines per `reason=` over all of `logs`.
+fn per_reason(logs: &str, message: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in lines_with(logs, message) {
+        *counts.entry(line.reason).or_default() += 1;
+    }
+    counts
+}
+
+// === the admin port's metrics ===
+
+/// The counter of statements report-only mode let through, by `reason`.
+const WOULD_REFUSE_TOTAL: &str = "sentinel_tenancy_would_refuse_total";
+/// The counter of enforced refusals, by `reason`.
+const REFUSALS_TOTAL: &str = "sentinel_tenancy_refusals_total";
+
+/// One sample line of the Prometheus text exposition: `name{label="value",…} value [timestamp]`.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The sample lines of a text exposition (format 0.0.4); comments (`# HELP`, `# TYPE`) and
+/// blank lines are skipped. Label values are unescaped (`\\`, `\"`, `\n`).
+fn parse_exposition(text: &str) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let sample =
+            parse_sample(line).with_context(|| format!("exposition line {}: {line:?}", n + 1))?;
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+fn parse_sample(line: &str) -> Result<Sample> {
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .context("no value")?;
+    let name = &line[..name_end];
+    ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+        "bad metric name {name:?}"
+    );
+    let mut rest = &line[name_end..];
+    let mut labels = BTreeMap::new();
+    if let Some(after_brace) = rest.strip_prefix('{') {
+        let mut chars = after_brace.char_indices();
+        loop {
+            // A label name, or the closing brace (of `{}`, or after a trailing comma).
+            let mut key = String::new();
+            let closed = loop {
+                let (i, c) = chars.next().context("unterminated label set")?;
+                match c {
+                    '}' if key.is_empty() => break Some(i),
+                    '=' if !key.is_empty() => break None,
+                    c if c.is_ascii_alphanumeric() || c == '_' => key.push(c),
+                    c => bail!("unexpected {c:?} in a label name"),
+                }
+            };
+            if let Some(i) = closed {
+                rest = &after_brace[i + 1..];
+                break;
+            }
+            ensure!(
+                matches!(chars.next(), Some((_, '"'))),
+                "label {key:?}: value not quoted"
+            );
+            let mut value = String::new();
+            loop {
+                match chars.next().context("unterminated label value")?.1 {
+                    '"' => break,
+                    '\\' => match chars.next().context("dangling escape")?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        c => bail!("unknown escape \\{c}"),
+                    },
+                    c => value.push(c),
+                }
+            }
+            ensure!(
+                labels.insert(key.clone(), value).is_none(),
+                "label {key:?} twice"
+            );
+            // A comma before the next label, or the closing brace.
+            match chars.next().context("unterminated label set")? {
+                (_, ',') => {}
+                (i, '}') => {
+                    rest = &after_brace[i + 1..];
+                    break;
+                }
+                (_, c) => bail!("unexpected {c:?} after a label value"),
+            }
+        }
+    }
+    let mut fields = rest.split_whitespace();
+    let value = fields.next().context("no value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse::<f64>().with_context(|| format!("value {v:?}"))?,
+    };
+    if let Some(ts) = fields.next() {
+        ts.parse::<i64>()
+            .with_context(|| format!("timestamp {ts:?}"))?;
+    }
+    ensure!(fields.next().is_none(), "trailing text");
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+/// The samples of the counter `name`, each labelled with `label` only, as `label value → count`;
+/// zero counts are left out (a counter that is absent and one that is zero say the same).
+fn counter_by(samples: &[Sample], name: &str, label: &str) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == name) {
+        let key = match (s.labels.get(label), s.labels.len()) {
+            (Some(v), 1) => v.clone(),
+            _ => bail!("{name}: labels {:?}, expected only {label:?}", s.labels),
+        };
+        ensure!(
+            s.value >= 0.0 && s.value.fract() == 0.0 && s.value < 2f64.powi(53),
+            "{name}{{{label}={key:?}}}: {} is not a count",
+            s.value
+        );
+        ensure!(
+            counts.insert(key.clone(), s.value as u64).is_none(),
+            "{name}{{{label}={key:?}}} twice"
+        );
+    }
+    counts.retain(|_, n| *n > 0);
+    Ok(counts)
+}
+
+/// `GET /metrics` on the Sentinel's admin port, parsed. Retries while the port does not accept
+/// connections yet (the harness waits for the Postgres port only).
+async fn scrape(env: &TenancyEnv) -> Result<Vec<Sample>> {
+    let url = format!("{}/metrics", env.cfg.admin_url());
+    let http = sentinel_tests::llm::http_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        match within("GET /metrics", http.get(&url).send()).await? {
+            Ok(resp) => break resp,
+            Err(e) if e.is_connect() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+        }
+    };
+    let status = resp.status();
+    let body = within("the /metrics body", resp.text()).await??;
+    ensure!(status == 200, "GET {url}: {status}: {body}");
+    let samples = parse_exposition(&body).with_context(|| format!("GET {url}:\n{body}"))?;
+    // A guard against reading "absent" out of an answer that is not Sentinel's metrics at all.
+    ensure!(
+        samples.iter().any(|s| s.name == "sentinel_build_info"),
+        "GET {url}: no sentinel_build_info sample:\n{body}"
+    );
+    Ok(samples)
+}
+
+/// The parser on the shapes the admin port writes (and the escapes the format allows).
+#[test]
+fn the_exposition_parser_reads_samples() -> Result<()> {
+    let text = "# HELP sentinel_x_total Things.\n\
+                # TYPE sentinel_x counter\n\
+                sentinel_x_total{reason=\"no_context\"} 3\n\
+                sentinel_x_total{reason=\"a\\\"b\\\\c\\nd\",} 1 1700000000000\n\
+                sentinel_up 1\n\
+                sentinel_h_bucket{le=\"+Inf\"} 2\n\
+                sentinel_g -0.5\n\
+                # EOF\n";
+    let samples = parse_exposition(text)?;
+    ensure!(samples.len() == 5, "{samples:?}");
+    let counts = counter_by(&samples, "sentinel_x_total", "reason")?;
+    let want: BTreeMap<String, u64> = [("no_context".to_owned(), 3), ("a\"b\\c\nd".to_owned(), 1)]
+        .into_iter()
+        .collect();
+    ensure!(counts == want, "{counts:?}");
+    ensure!(samples[2].labels.is_empty() && samples[2].value == 1.0);
+    ensure!(samples[3].labels["le"] == "+Inf" && samples[3].value == 2.0);
+    ensure!(counter_by(&samples, "sentinel_absent_total", "reason")?.is_empty());
+    // Not counts, or not labelled as asked: errors, not a silent zero.
+    ensure!(counter_by(&samples, "sentinel_g", "reason").is_err());
+    ensure!(counter_by(&samples, "sentinel_h_bucket", "reason").is_err());
+    for bad in [
+        "sentinel_x_total{reason=\"x} 1",
+        "sentinel_x_total{reason=x} 1",
+        "sentinel_x_total{a=\"1\"b=\"2\"} 1",
+        "sentinel_x_total{=\"1\"} 1",
+        "sentinel_x_total{reason=\"x\"}",
+        "sentinel_x_total 1 2 3",
+        "sentinel_x_total one",
+    ] {
+        ensure!(parse_exposition(bad).is_err(), "{bad:?} parsed");
+    }
+    Ok(())
+}
+
 // === running a case ===
 
 /// What the client got: Ok, or the error as the client saw it.
@@ -823,6 +1039,44 @@ async fn report_only_reports_each_refusal_once_and_forwards_it() -> Result<()> {
         failures.push(format!("{refused} `{REFUSED}` lines in report-only mode"));
     }
 
+    // The admin port counts what the log reports. Each case sends its statement once (one
+    // Query, one Parse/Bind/Execute, or one FunctionCall) and its setup and the probe client's
+    // checks report nothing, so the counter per reason is the table's cases with that label,
+    // over the whole life of this Sentinel (it has served nothing else), and equal to the
+    // report lines over its whole log.
+    let samples = scrape(&env).await?;
+    let want: BTreeMap<String, u64> = expected
+        .iter()
+        .map(|(label, n)| ((*label).to_owned(), *n as u64))
+        .collect();
+    let would_refuse = counter_by(&samples, WOULD_REFUSE_TOTAL, "reason")?;
+    if would_refuse != want {
+        failures.push(format!(
+            "{WOULD_REFUSE_TOTAL} per reason: {would_refuse:?}, expected {want:?}"
+        ));
+    }
+    let total: u64 = would_refuse.values().sum();
+    if total != all.len() as u64 {
+        failures.push(format!(
+            "{WOULD_REFUSE_TOTAL} summed over reasons: {total}, expected {} (the refusal cases)",
+            all.len()
+        ));
+    }
+    let logged = per_reason(&logs, REPORTED);
+    if would_refuse != logged {
+        failures.push(format!(
+            "{WOULD_REFUSE_TOTAL} per reason: {would_refuse:?}, but the log has report lines \
+             {logged:?}"
+        ));
+    }
+    // Report-only refuses nothing: the refusal counter is absent or zero for every reason.
+    let refusals = counter_by(&samples, REFUSALS_TOTAL, "reason")?;
+    if !refusals.is_empty() {
+        failures.push(format!(
+            "{REFUSALS_TOTAL} in report-only mode: {refusals:?}, expected none"
+        ));
+    }
+
     ensure!(
         failures.is_empty(),
         "{} of {} report-only cases failed:\n{}",
@@ -852,6 +1106,19 @@ async fn report_only_reports_each_refusal_once_and_forwards_it() -> Result<()> {
     ensure!(
         !logs.contains(REPORTED),
         "enforcing, Sentinel logged a report-only line"
+    );
+    // And counts it as refused, not as reported.
+    let samples = scrape(&enforcing).await?;
+    let refusals = counter_by(&samples, REFUSALS_TOTAL, "reason")?;
+    let want: BTreeMap<String, u64> = [(first.label.to_owned(), 1)].into_iter().collect();
+    ensure!(
+        refusals == want,
+        "enforcing, {REFUSALS_TOTAL} per reason: {refusals:?}, expected {want:?}"
+    );
+    let would_refuse = counter_by(&samples, WOULD_REFUSE_TOTAL, "reason")?;
+    ensure!(
+        would_refuse.is_empty(),
+        "enforcing, {WOULD_REFUSE_TOTAL} per reason: {would_refuse:?}, expected none"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     ensure!(
