@@ -320,6 +320,11 @@ class Sentinel:
     port: int
     dir: Path
     proc: subprocess.Popen = field(repr=False)
+    admin_port: int
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def dsn(self) -> str:
@@ -388,7 +393,10 @@ def render_config(
     env_var: str,
     keys_toml: str,
     tenancy: str = TENANCY_OFF,
+    admin_port: int | None = None,
 ) -> str:
+    if admin_port is None:
+        admin_port = free_port()
     return f"""# Rendered by tests/python/conftest.py (format: deploy/sentinel.example.toml).
 
 [process]
@@ -417,7 +425,7 @@ port = {db.port}
 tls = "disable"
 
 [admin]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{admin_port}"
 
 {tenancy}
 [[postgres.users]]
@@ -435,11 +443,18 @@ def start_sentinel(db: Db, pool_size: int, tenancy: str = TENANCY_OFF) -> Sentin
     keys_toml, keys_env = keys_setup()
     run_dir = Path(tempfile.mkdtemp(prefix="sentinel-pytest-run-"))
     for attempt in range(5):
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         config = run_dir / "sentinel.toml"
         config.write_text(
             render_config(
-                db, port, pool_size, scram_verifier(db.password), env_var, keys_toml, tenancy
+                db,
+                port,
+                pool_size,
+                scram_verifier(db.password),
+                env_var,
+                keys_toml,
+                tenancy,
+                admin_port=admin_port,
             )
         )
         log_path = run_dir / "sentinel.log"
@@ -458,10 +473,11 @@ def start_sentinel(db: Db, pool_size: int, tenancy: str = TENANCY_OFF) -> Sentin
             },
         )
         log.close()
-        sentinel = Sentinel(db=db, port=port, dir=run_dir, proc=proc)
+        sentinel = Sentinel(db=db, port=port, dir=run_dir, proc=proc, admin_port=admin_port)
         atexit.register(sentinel.stop)
         try:
             wait_port(port, proc, START_TIMEOUT, "sentinel", sentinel.logs)
+            wait_port(admin_port, proc, START_TIMEOUT, "sentinel's admin port", sentinel.logs)
             return sentinel
         except RuntimeError:
             if "Address already in use" in sentinel.logs() and attempt < 4:
@@ -844,8 +860,14 @@ tokenizer = "bytes"
 
 
 def render_egress_config(
-    pg_listen_port: int, unused_upstream_port: int, keys_toml: str, llm_toml: str
+    pg_listen_port: int,
+    unused_upstream_port: int,
+    keys_toml: str,
+    llm_toml: str,
+    admin_port: int | None = None,
 ) -> str:
+    if admin_port is None:
+        admin_port = free_port()
     return f"""# Rendered by tests/python/conftest.py: LLM egress only (no Postgres behind it).
 
 [process]
@@ -865,7 +887,7 @@ port = {unused_upstream_port}
 tls = "disable"
 
 [admin]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{admin_port}"
 
 {TENANCY_OFF}
 [[postgres.users]]
@@ -881,6 +903,7 @@ class LlmEgress:
 
     port: int
     pg_port: int
+    admin_port: int
     dir: Path
     config: Path
     env: dict = field(repr=False)
@@ -895,6 +918,10 @@ class LlmEgress:
     @property
     def openai_base_url(self) -> str:
         return f"{self.base_url}/v1"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def logs(self) -> str:
         try:
@@ -957,6 +984,7 @@ def start_llm_egress(mock: MockLlmProcess, tenants: dict | None = None) -> LlmEg
     run_dir = Path(tempfile.mkdtemp(prefix="sentinel-pytest-llm-"))
     for attempt in range(5):
         pg_port, llm_port, unused = free_port(), free_port(), free_port()
+        admin_port = free_port()
         config = run_dir / "sentinel.toml"
         config.write_text(
             render_egress_config(
@@ -964,6 +992,7 @@ def start_llm_egress(mock: MockLlmProcess, tenants: dict | None = None) -> LlmEg
                 unused,
                 keys_toml,
                 render_llm_section(llm_port, mock.base_url, tenants or LLM_TENANTS),
+                admin_port=admin_port,
             )
         )
         log = open(run_dir / "sentinel.log", "wb")
@@ -976,12 +1005,19 @@ def start_llm_egress(mock: MockLlmProcess, tenants: dict | None = None) -> LlmEg
         )
         log.close()
         egress = LlmEgress(
-            port=llm_port, pg_port=pg_port, dir=run_dir, config=config, env=env, proc=proc
+            port=llm_port,
+            pg_port=pg_port,
+            admin_port=admin_port,
+            dir=run_dir,
+            config=config,
+            env=env,
+            proc=proc,
         )
         atexit.register(egress.stop)
         try:
             wait_port(pg_port, proc, START_TIMEOUT, "sentinel", egress.logs)
             wait_port(llm_port, proc, START_TIMEOUT, "sentinel's LLM egress", egress.logs)
+            wait_port(admin_port, proc, START_TIMEOUT, "sentinel's admin port", egress.logs)
             return egress
         except RuntimeError:
             if "Address already in use" in egress.logs() and attempt < 4:

@@ -176,6 +176,7 @@ mod tests {
             "# TYPE sentinel_pg_pool_wait_seconds histogram",
             "sentinel_pg_pool_wait_seconds_bucket{le=\"0.0025\"} 1",
             "sentinel_pg_pool_wait_seconds_count 1",
+            "sentinel_pg_pool_wait_seconds_bucket{le=\"+Inf\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

@@ -38,17 +38,20 @@ impl Histogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// Sum in seconds, count, and cumulative (upper bound, count) pairs ending with +Inf.
+    /// Sum in seconds, count, and (upper bound, count in that bucket alone) pairs ending with
+    /// +Inf (`f64::MAX`); the encoder makes them cumulative.
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
+        let mut total = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, cumulative));
+            let count = count.load(Ordering::Relaxed);
+            total += count;
+            // The encoder writes `le="+Inf"` for `f64::MAX`, as its own histograms use.
+            let bound = self.bounds.get(i).copied().unwrap_or(f64::MAX);
+            buckets.push((bound, count));
         }
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, cumulative, buckets)
+        (sum, total, buckets)
     }
 }
 
@@ -57,7 +60,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn observations_land_in_cumulative_buckets() {
+    fn observations_land_in_their_buckets() {
         let h = Histogram::latency();
         h.observe(Duration::from_micros(30));
         h.observe(Duration::from_micros(50));
@@ -68,8 +71,9 @@ mod tests {
         assert!((sum - 60.00308).abs() < 1e-9, "{sum}");
         // 50 µs is inside the first bucket (le is inclusive).
         assert_eq!(buckets[0], (0.000_05, 2));
-        let le_5ms = buckets.iter().find(|(b, _)| *b == 0.005).map(|b| b.1);
-        assert_eq!(le_5ms, Some(3));
-        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 4)));
+        let in_5ms = buckets.iter().find(|(b, _)| *b == 0.005).map(|b| b.1);
+        assert_eq!(in_5ms, Some(1));
+        assert_eq!(buckets.last(), Some(&(f64::MAX, 1)));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 4);
     }
 }
