@@ -202,18 +202,29 @@ COUNTED = {
 }
 
 
-def scrape_until_idle(admin_url: str, timeout: float = 5.0) -> Scrape:
-    """Scrapes until the gauges show the one client idle. The client has all its answers by
-    now, and Sentinel counts before it answers, so the counters are final; only the client's
-    state is set after the answer is queued (at the end of the session's loop turn)."""
+CLIENT_STATES = ("login", "idle", "active", "waiting")
+
+
+def client_states(s: Scrape) -> dict[str, float]:
+    return {st: s.value("sentinel_pg_clients", state=st) for st in CLIENT_STATES}
+
+
+def scrape_until_clients(admin_url: str, idle: int, timeout: float = 5.0) -> Scrape:
+    """Scrapes until the gauges show `idle` clients, all idle. The client has all its answers
+    by then, and Sentinel counts before it answers, so the counters are final; only the client's
+    state is set after the answer is queued (at the end of the session's loop turn), and a
+    client that just closed its connection is gone only once Sentinel has read the close."""
+    want = {st: (idle if st == "idle" else 0) for st in CLIENT_STATES}
     deadline = time.monotonic() + timeout
     while True:
         s = scrape(admin_url)
-        if s.value("sentinel_pg_clients", state="idle") == 1:
-            return s
-        if time.monotonic() > deadline:
-            return s  # the assertions on it say what is wrong
+        if client_states(s) == want or time.monotonic() > deadline:
+            return s  # on a timeout, the assertions on it say what is wrong
         time.sleep(0.05)
+
+
+def scrape_until_idle(admin_url: str) -> Scrape:
+    return scrape_until_clients(admin_url, idle=1)
 
 
 # ---------------------------------------------------------------------------------------- test
@@ -224,8 +235,9 @@ def test_metrics_count_the_workload(metrics_env):
     s = env.sentinel
     inserted = [f"metrics-{TENANT}-{i}" for i in range(TRANSACTIONS)]
 
-    before = scrape(s.admin_url)
-    assert before.value("sentinel_pg_clients", state="idle") == 0, before.text
+    # No client yet (or none left from another test of this module).
+    before = scrape_until_clients(s.admin_url, idle=0)
+    assert sum(client_states(before).values()) == 0, before.text
 
     # prepare_threshold=None: never named prepared statements, so each statement with
     # parameters is exactly one unnamed Parse/Bind/Describe/Execute/Sync.
@@ -252,10 +264,7 @@ def test_metrics_count_the_workload(metrics_env):
 
         # The connection is still open and idle: one client, idle; the scrapes are HTTP.
         after = scrape_until_idle(s.admin_url)
-        states = {
-            st: after.value("sentinel_pg_clients", state=st)
-            for st in ("login", "idle", "active", "waiting")
-        }
+        states = client_states(after)
         assert states == {"login": 0, "idle": 1, "active": 0, "waiting": 0}, after.text
 
     # The workload really ran, as the tenant: the oracle (straight to Postgres) sees the rows.

@@ -202,6 +202,20 @@ impl SentinelProcess {
     /// [`start`](Self::start) with an explicit binary (the harness's own tests use a stand-in).
     /// The binary gets `run --config <file>`, and `SENTINEL_MASTER_KEY` only if `env` has it.
     pub async fn start_binary(bin: &Path, config_toml: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let mut process = Self::spawn(bin, config_toml, &[], env)?;
+        process.wait_listening().await?;
+        Ok(process)
+    }
+
+    /// Starts a second Sentinel with this one's config and `run --upgrade`: it takes the
+    /// listening sockets over `[process] upgrade_socket` once this one is sent SIGQUIT. Returns
+    /// at once (the sockets are still this one's).
+    pub fn start_upgrade(&self, env: &[(&str, &str)]) -> Result<Self> {
+        let config = std::fs::read_to_string(&self.config_path)?;
+        Self::spawn(&sentinel_binary()?, &config, &["--upgrade"], env)
+    }
+
+    fn spawn(bin: &Path, config_toml: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let addr = listen_addr(config_toml)?;
         let dir = tempfile::Builder::new()
             .prefix("sentinel-run-")
@@ -215,6 +229,7 @@ impl SentinelProcess {
 
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("run")
+            .args(args)
             .arg("--config")
             .arg(&config_path)
             .env_remove(MASTER_KEY_ENV)
@@ -235,7 +250,7 @@ impl SentinelProcess {
             "kill -KILL \"$1\" 2>/dev/null; rm -rf \"$2\"",
             [pid.to_string().into(), dir.path().as_os_str().to_owned()],
         )?;
-        let mut process = Self {
+        Ok(Self {
             child,
             pid,
             exited: None,
@@ -244,9 +259,7 @@ impl SentinelProcess {
             log_path,
             reaper,
             dir,
-        };
-        process.wait_listening().await?;
-        Ok(process)
+        })
     }
 
     async fn wait_listening(&mut self) -> Result<()> {

@@ -790,3 +790,71 @@ async fn sigterm_lets_a_transaction_and_a_stream_finish_then_exits_0() -> Result
     ensure!(status.success(), "exit status {status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() -> Result<()> {
+    let pg = shared_cluster().await?;
+    let mock = MockLlm::start().await;
+    let socket = tempfile::tempdir()?;
+    let socket_path = socket.path().join("upgrade.sock");
+    let mut admin = start(pg, &mock, |c| {
+        c.option(
+            "process",
+            "upgrade_socket",
+            &format!("\"{}\"", socket_path.display()),
+        )
+    })
+    .await?;
+    let dsn = admin
+        .sentinel
+        .dsn(&admin.db.role, &admin.db.password, &admin.db.name);
+    // A transaction open on the old process, across the upgrade.
+    let old_client = admin.app_client().await?;
+    old_client.batch_execute("BEGIN; SELECT 1").await?;
+
+    let mut new = admin.sentinel.start_upgrade(&admin.config.env_pairs())?;
+    // Connections keep coming while the sockets change hands.
+    let load = tokio::spawn({
+        let dsn = dsn.clone();
+        async move {
+            let mut served = 0;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(8) {
+                let c = connect_dsn(&dsn)
+                    .await
+                    .with_context(|| format!("a connection was refused after {served}"))?;
+                c.simple_query("SELECT 1").await?;
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::Ok(served)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin.sentinel.signal(libc::SIGQUIT)?;
+    new.wait_for_log("sentinel starting", Duration::from_secs(10))
+        .await
+        .with_context(|| new.logs())?;
+    old_client
+        .batch_execute("SELECT 2; COMMIT")
+        .await
+        .context("the old process cut its transaction")?;
+    drop(old_client);
+    let served = load.await??;
+    ensure!(served > 20, "only {served} connections served");
+    let status = admin.sentinel.wait_exit(Duration::from_secs(20)).await?;
+    ensure!(status.success(), "the old process exited {status}");
+    // The new process serves every port now.
+    let c = connect_dsn(&dsn).await?;
+    c.simple_query("SELECT 3").await?;
+    let (s, _, _) = admin
+        .call(reqwest::Method::GET, "/healthz", None, None)
+        .await?;
+    ensure!(s == 200, "the admin port did not move: {s}");
+    ensure!(
+        admin.chat("acme").await?.status() == 200,
+        "the LLM port did not move"
+    );
+    ensure!(new.is_running(), "the new process ended");
+    Ok(())
+}
