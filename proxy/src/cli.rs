@@ -28,8 +28,15 @@ use crate::telemetry::{self, LogFormat};
     about = "Tenant-safe Postgres proxy and budgeted LLM egress sidecar"
 )]
 struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    /// Log output format (JSON: one object per line, with the span fields: client id, user,
+    /// database and tenant of a Postgres client; request id, tenant and model of an LLM call).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SENTINEL_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -858,3 +858,77 @@ async fn an_upgrade_hands_the_sockets_over_without_refusing_a_connection() -> Re
     ensure!(new.is_running(), "the new process ended");
     Ok(())
 }
+
+/// The JSON log line of `message`, parsed.
+fn json_line(logs: &str, message: &str) -> Result<Value> {
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).with_context(|| format!("not a JSON log line: {line}"))?;
+        if v["fields"]["message"] == message {
+            return Ok(v);
+        }
+    }
+    anyhow::bail!("no {message:?} line in:\n{logs}")
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_client_and_request_spans() -> Result<()> {
+    let pg = shared_cluster().await?;
+    let mock = MockLlm::start().await;
+    let admin = start(pg, &mock, |c| {
+        c.tenancy()
+            .tenancy_global_tables(&["marker"])
+            .env_var("SENTINEL_LOG_FORMAT", "json")
+    })
+    .await?;
+    let su = pg.connect_superuser(&admin.db.name).await?;
+    su.batch_execute(&format!(
+        "CREATE TABLE marker (note text); GRANT ALL ON marker TO \"{}\"",
+        admin.db.role
+    ))
+    .await?;
+    let client = admin.app_client().await?;
+    client
+        .simple_query("/*tenant='acme'*/ SELECT count(*) FROM marker")
+        .await?;
+    let refused = client.simple_query("SET ROLE nobody").await;
+    ensure!(refused.is_err(), "a forbidden statement ran");
+    let resp = admin.chat("acme").await?;
+    ensure!(resp.status() == 200);
+    let _ = resp.text().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let logs = admin.sentinel.logs();
+    let refusal = json_line(&logs, "statement refused")?;
+    let span = &refusal["span"];
+    ensure!(
+        span["name"] == "client"
+            && span["user"] == admin.db.role.as_str()
+            && span["database"] == admin.db.name.as_str()
+            && span["tenant"] == "acme"
+            && span["client.id"].is_u64(),
+        "{refusal}"
+    );
+    ensure!(
+        refusal["fields"]["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.len() == 16),
+        "{refusal}"
+    );
+    let settled = json_line(&logs, "settled")?;
+    let span = &settled["span"];
+    ensure!(
+        span["name"] == "llm"
+            && span["tenant"] == "acme"
+            && span["request_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("sen_")),
+        "{settled}"
+    );
+    let key = admin.config.virtual_key("acme", "acme-key")?;
+    ensure!(
+        !logs.contains(&admin.db.password) && !logs.contains(&key),
+        "a secret reached the log"
+    );
+    Ok(())
+}

@@ -116,12 +116,14 @@ impl ClientInfo {
         }
     }
 
-    /// Records the tenant the client's statements run as now.
-    pub fn set_tenant(&self, tenant: &str) {
+    /// Records the tenant the client's statements run as now; true when it changed.
+    pub fn set_tenant(&self, tenant: &str) -> bool {
         let mut current = self.tenant.lock();
-        if current.as_deref() != Some(tenant) {
-            *current = Some(Arc::from(tenant));
+        if current.as_deref() == Some(tenant) {
+            return false;
         }
+        *current = Some(Arc::from(tenant));
+        true
     }
 
     pub fn tenant(&self) -> Option<Arc<str>> {

@@ -59,6 +59,7 @@ impl ServerApp for PgService {
             client.ip = peer_addr.map(|p| p.ip().to_string()).unwrap_or_default(),
             user = tracing::field::Empty,
             database = tracing::field::Empty,
+            tenant = tracing::field::Empty,
         );
         self.serve(
             Box::new(stream),

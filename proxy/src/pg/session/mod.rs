@@ -550,7 +550,10 @@ impl Session {
         else {
             return Ok(());
         };
-        self.info.set_tenant(tenant.as_str());
+        if self.info.set_tenant(tenant.as_str()) {
+            // The client's span carries the tenant its statements run as now.
+            tracing::Span::current().record("tenant", tenant.as_str());
+        }
         if self.shared.blocks.db_blocked(tenant.as_str()) {
             crate::metrics::Metrics::count(&self.shared.metrics.blocked_db);
             tracing::info!(
