@@ -89,6 +89,7 @@ pub fn run(
                         default,
                     )?;
                     server.add_service(background_service("ledger", worker));
+                    ledger.share_blocks(blocks.clone());
                     let ledger = Arc::new(ledger);
                     ledger_pending = Some(ledger.clone());
                     ledger

@@ -1,6 +1,7 @@
 //! The kill switch: tenants whose LLM calls (and, when asked, database statements) are refused
 //! until an operator lifts the block. Checked on every call and statement, so the common case
-//! (nobody blocked) is one atomic load.
+//! (nobody blocked) is one atomic load. With the Postgres ledger, blocks are shared by every
+//! replica: the admin API writes them there, and each replica reloads them every few seconds.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,13 @@ impl Blocks {
 
     pub fn all(&self) -> BTreeMap<String, Block> {
         self.tenants.read().clone()
+    }
+
+    /// Replaces every block with those the ledger holds.
+    pub fn replace_all(&self, blocks: BTreeMap<String, Block>) {
+        let mut tenants = self.tenants.write();
+        *tenants = blocks;
+        self.any.store(!tenants.is_empty(), Ordering::Release);
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod blocks;
 pub mod cli;
 pub mod config;
 mod drain;

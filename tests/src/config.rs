@@ -208,8 +208,15 @@ impl SentinelConfig {
         for (table, key, value) in defaults {
             cfg = cfg.option(table, key, value);
         }
-        // Every test process gets its own admin port (the default 9930 would collide).
-        cfg.option("admin", "listen", &admin)
+        // Every test process gets its own admin port (the default 9930 would collide) and its
+        // own upgrade socket.
+        let upgrade =
+            std::env::temp_dir().join(format!("sentinel-upgrade-{}.sock", cfg.listen_port));
+        cfg.option("admin", "listen", &admin).option(
+            "process",
+            "upgrade_socket",
+            &toml_str(&upgrade.display().to_string()),
+        )
     }
 
     /// `http://127.0.0.1:<admin port>`.

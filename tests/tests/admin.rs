@@ -932,3 +932,115 @@ async fn json_logs_carry_the_client_and_request_spans() -> Result<()> {
     );
     Ok(())
 }
+
+/// Polls `check` every 200 ms for up to `within`.
+async fn eventually(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<bool>,
+    what: &str,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    while !check().await? {
+        ensure!(started.elapsed() < within, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_block_reaches_every_replica_sharing_the_postgres_ledger() -> Result<()> {
+    let pg = shared_cluster().await?;
+    let mock = MockLlm::start().await;
+    let ledger_db = pg.test_db("adminblocks").await?;
+    let spools = tempfile::tempdir()?;
+    let base = SentinelConfig::new(pg)
+        .user("app", Auth::Trust, "app")
+        .env_var("SENTINEL_TEST_LEDGER_PASSWORD", &ledger_db.password);
+    let replica = |n: usize| {
+        let setup = LlmSetup::new(&mock.base_url())
+            .tenant("acme", "1.00", &[])
+            .ledger(&format!(
+                "backend = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{}\"\n\
+                 user = \"{}\"\npassword_env = \"SENTINEL_TEST_LEDGER_PASSWORD\"\n\
+                 spool_path = \"{}\"\n",
+                ledger_db.port,
+                ledger_db.name,
+                ledger_db.role,
+                spools.path().join(format!("spool-{n}")).display()
+            ));
+        let config = base
+            .clone()
+            .listen_port(sentinel_tests::free_port())
+            .option(
+                "admin",
+                "listen",
+                &format!("\"127.0.0.1:{}\"", sentinel_tests::free_port()),
+            )
+            .llm(&setup);
+        (config, setup)
+    };
+    let (config_a, setup_a) = replica(1);
+    let (config_b, setup_b) = replica(2);
+    let a = SentinelProcess::start_with(&config_a).await?;
+    // Kept running to the end of the test.
+    let _b = SentinelProcess::start_with(&config_b).await?;
+    wait_port(setup_a.port).await?;
+    wait_port(setup_b.port).await?;
+    // One token for the environment: the replicas share the keyring and salt.
+    let token = admin_token(&a, &config_a, "ops", None).await?;
+    let http = http_client();
+    let key = config_a.virtual_key("acme", "acme-key")?;
+    let chat = async |setup: &LlmSetup| -> Result<u16> {
+        let resp = http
+            .post(format!("{}/v1/chat/completions", setup.base_url()))
+            .bearer_auth(&key)
+            .json(&json!({"model": GPT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let _ = resp.text().await?;
+        Ok(status)
+    };
+    let admin_post = async |config: &SentinelConfig, path: &str| -> Result<u16> {
+        let resp = http
+            .post(format!("{}{path}", config.admin_url()))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    };
+    ensure!(chat(&setup_b).await? == 200);
+
+    ensure!(admin_post(&config_a, "/v1/tenants/acme/block").await? == 200);
+    ensure!(
+        chat(&setup_a).await? == 403,
+        "the replica told was not blocked at once"
+    );
+    eventually(
+        Duration::from_secs(10),
+        async || Ok(chat(&setup_b).await? == 403),
+        "the other replica blocks the tenant",
+    )
+    .await?;
+    let oracle = ledger_db.connect().await?;
+    let rows = oracle
+        .query(
+            "SELECT llm, db FROM sentinel.blocks WHERE tenant = 'acme'",
+            &[],
+        )
+        .await?;
+    ensure!(
+        rows.len() == 1 && rows[0].get::<_, bool>(0) && !rows[0].get::<_, bool>(1),
+        "the ledger does not hold the block"
+    );
+
+    ensure!(admin_post(&config_b, "/v1/tenants/acme/unblock").await? == 200);
+    eventually(
+        Duration::from_secs(10),
+        async || Ok(chat(&setup_a).await? == 200),
+        "the first replica lifts the block",
+    )
+    .await?;
+    ensure!(chat(&setup_b).await? == 200);
+    Ok(())
+}

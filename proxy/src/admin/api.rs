@@ -136,7 +136,7 @@ struct BlockBody {
     db: bool,
 }
 
-pub fn block(admin: &Admin, id: &str, body: &Bytes) -> Answer {
+pub async fn block(admin: &Admin, id: &str, body: &Bytes) -> Answer {
     if let Err(answer) = check_tenant(id) {
         return answer;
     }
@@ -148,18 +148,33 @@ pub fn block(admin: &Admin, id: &str, body: &Bytes) -> Answer {
             Err(e) => return error(400, format!("invalid block request: {e}")),
         }
     };
+    // Here at once, whatever becomes of sharing it: a kill switch fails closed.
     let block = admin.blocks.block(id, body.db);
     tracing::warn!(
         tenant = id,
         db = body.db,
         "tenant blocked through the admin API"
     );
+    if let Some(egress) = &admin.egress
+        && let Err(e) = egress.ledger().set_block(id, Some(&block)).await
+    {
+        return error(
+            503,
+            format!("blocked on this replica only; the ledger could not share it: {e}"),
+        );
+    }
     (200, json!({ "tenant": id, "blocked": block }))
 }
 
-pub fn unblock(admin: &Admin, id: &str) -> Answer {
+pub async fn unblock(admin: &Admin, id: &str) -> Answer {
     if let Err(answer) = check_tenant(id) {
         return answer;
+    }
+    // The ledger first: lifted here but not there, the next refresh would block again.
+    if let Some(egress) = &admin.egress
+        && let Err(e) = egress.ledger().set_block(id, None).await
+    {
+        return error(503, format!("not unblocked: {e}"));
     }
     let was = admin.blocks.unblock(id);
     tracing::warn!(

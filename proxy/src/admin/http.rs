@@ -124,8 +124,13 @@ impl AdminHttp {
             ["v1", ..] => {}
             _ => return Reply::Json(error(404, format!("no such endpoint: {path}"))),
         }
-        if let Err(answer) = self.authorize(authorization, method, path) {
-            return Reply::Json(answer);
+        match self.authorize(authorization, method, path) {
+            Err(answer) => return Reply::Json(answer),
+            // Who changed what stays in the log.
+            Ok(name) if method != Method::GET => {
+                tracing::info!(admin = name, %method, path, "admin request");
+            }
+            Ok(_) => {}
         }
         let body = match read_body(session).await {
             Ok(b) => b,
@@ -136,8 +141,8 @@ impl AdminHttp {
             (["v1", "tenants", id, "budget"], &Method::PUT) => {
                 api::set_budget(admin, id, &body).await
             }
-            (["v1", "tenants", id, "block"], &Method::POST) => api::block(admin, id, &body),
-            (["v1", "tenants", id, "unblock"], &Method::POST) => api::unblock(admin, id),
+            (["v1", "tenants", id, "block"], &Method::POST) => api::block(admin, id, &body).await,
+            (["v1", "tenants", id, "unblock"], &Method::POST) => api::unblock(admin, id).await,
             (["v1", "pools"], &Method::GET) => api::pools(admin),
             (["v1", "clients"], &Method::GET) => api::clients(admin),
             (["v1", "reload"], &Method::POST) => api::reload(admin).await,
@@ -151,17 +156,18 @@ impl AdminHttp {
         Reply::Json(answer)
     }
 
+    /// The token's name, or a 401.
     fn authorize(
         &self,
         authorization: Option<&str>,
         method: &Method,
         path: &str,
-    ) -> Result<(), Answer> {
+    ) -> Result<String, Answer> {
         let reloader = &self.admin.reloader;
         match reloader.auth().check(authorization, reloader.secrets()) {
             Ok(name) => {
                 tracing::debug!(admin = name, %method, path, "admin request");
-                Ok(())
+                Ok(name)
             }
             Err(why) => Err(error(401, why)),
         }

@@ -7,12 +7,10 @@
 //! - [`api`]: the JSON endpoints;
 //! - [`render`]: the `/metrics` text;
 //! - [`reload`]: validate a config whole, then swap it in;
-//! - [`blocks`]: the kill switch;
 //! - [`views`]: pools and clients as rows, shared by the JSON API and the console.
 
 mod api;
 mod auth;
-mod blocks;
 mod http;
 mod ready;
 pub mod reload;
@@ -23,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
-pub use blocks::{Block, Blocks};
+pub use crate::blocks::{Block, Blocks};
 pub use http::AdminHttp;
 pub use reload::{ReloadReport, Reloader, SighupReload};
 

@@ -53,11 +53,22 @@ impl AdminConfig {
             check_sealed(token).map_err(|e| invalid(format!("admin.tokens_sealed[{i}]"), e))?;
         }
         for name in &self.console_users {
-            if !users.iter().any(|u| &u.name == name) {
-                return Err(invalid(
-                    "admin.console_users",
-                    format!("{name:?} is not one of postgres.users"),
-                ));
+            match users.iter().find(|u| &u.name == name) {
+                None => {
+                    return Err(invalid(
+                        "admin.console_users",
+                        format!("{name:?} is not one of postgres.users"),
+                    ));
+                }
+                // A trust or tenant-token user would let in anyone on a trusted network, or
+                // anyone holding a tenant token.
+                Some(u) if u.auth != super::ClientAuth::ScramSha256 => {
+                    return Err(invalid(
+                        "admin.console_users",
+                        format!("{name:?} must log in with auth = \"scram-sha-256\""),
+                    ));
+                }
+                Some(_) => {}
             }
         }
         Ok(())

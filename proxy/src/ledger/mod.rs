@@ -21,6 +21,8 @@ use sentinel_policy::budget::{Period, Shortfall};
 use sentinel_policy::llm::{Micros, Usage};
 use serde::{Deserialize, Serialize};
 
+use crate::blocks::Block;
+
 pub use memory::MemoryLedger;
 
 /// A budget as configured or set through the admin API.
@@ -173,6 +175,12 @@ pub trait Ledger: Send + Sync + 'static {
     async fn revoke_key(&self, key_id: &str) -> Result<(), LedgerError>;
 
     async fn is_revoked(&self, key_id: &str) -> Result<bool, LedgerError>;
+
+    /// Blocks (`Some`) or unblocks a tenant for every replica sharing this ledger (the kill
+    /// switch). A ledger of one process has nobody to tell.
+    async fn set_block(&self, _tenant: &str, _block: Option<&Block>) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 /// Reservation ids that have ended (the newest 100,000), so a repeated settlement of the same

@@ -17,8 +17,8 @@ pub mod schema;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -36,6 +36,7 @@ use super::{
     Balance, BudgetSpec, Clock, Ended, Ledger, LedgerError, Reservation, ReservationId,
     ReserveRequest, Settled, UsageEvent,
 };
+use crate::blocks::{Block, Blocks};
 use crate::config::{LedgerConfig, LedgerOutage};
 use lease::LocalLease;
 
@@ -99,6 +100,8 @@ struct Inner {
     /// Unix milliseconds of the database's last answer.
     last_ok: AtomicU64,
     revoked: RwLock<HashSet<String>>,
+    /// The kill switch of this process, reloaded from the ledger with the revocations.
+    blocks: OnceLock<Arc<Blocks>>,
     /// (tenant, model) pairs with a budget of their own.
     narrowed: RwLock<HashSet<(String, String)>>,
     /// True once the schema is migrated and the configured budgets are written.
@@ -200,6 +203,7 @@ impl PgLedger {
             unspooled: AtomicUsize::new(0),
             last_ok: AtomicU64::new(0),
             revoked: RwLock::new(revoked),
+            blocks: OnceLock::new(),
             narrowed: RwLock::new(narrowed),
             ready: tokio::sync::watch::channel(false).0,
             stats: LedgerStats::default(),
@@ -840,6 +844,26 @@ impl Ledger for PgLedger {
         // The list is refreshed by the worker every few seconds: no round trip per call.
         Ok(self.inner.revoked.read().contains(key_id))
     }
+
+    async fn set_block(&self, tenant: &str, block: Option<&Block>) -> Result<(), LedgerError> {
+        self.inner.wait_ready().await?;
+        let s = &self.inner.schema;
+        let (sql, params): (String, Vec<Param>) = match block {
+            Some(b) => (
+                format!(
+                    "INSERT INTO {s}.blocks (tenant, llm, db) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant) DO UPDATE SET llm = $2, db = $3, since = now()"
+                ),
+                vec![Box::new(tenant.to_owned()), Box::new(b.llm), Box::new(b.db)],
+            ),
+            None => (
+                format!("DELETE FROM {s}.blocks WHERE tenant = $1"),
+                vec![Box::new(tenant.to_owned())],
+            ),
+        };
+        self.inner.query("block", &sql, &params).await?;
+        Ok(())
+    }
 }
 
 impl Inner {
@@ -871,6 +895,11 @@ impl PgLedger {
     /// Leases this replica still holds (graceful shutdown waits for them to be returned).
     pub fn leases_held(&self) -> usize {
         self.inner.state.lock().leases.len()
+    }
+
+    /// Keeps `blocks` in step with the blocks of the ledger (every few seconds).
+    pub fn share_blocks(&self, blocks: Arc<Blocks>) {
+        let _ = self.inner.blocks.set(blocks);
     }
 
     /// Leases held and the money they hold (micro-dollars), for the metrics.

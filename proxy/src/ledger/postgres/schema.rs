@@ -23,7 +23,17 @@
 //! recorded but does not count against the current one.
 
 /// `(version, SQL)`, applied in order; `{s}` is the schema (a validated identifier).
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+
+/// The kill switch, shared by every replica.
+const V2: &str = r#"
+CREATE TABLE {s}.blocks (
+    tenant text PRIMARY KEY,
+    llm boolean NOT NULL,
+    db boolean NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+"#;
 
 const V1: &str = r#"
 CREATE TABLE {s}.budgets (

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
 use super::{Inner, Param, Record, STATEMENT_TIMEOUT, schema, signed, to_time};
+use crate::blocks::Block;
 use crate::config::{Config, LedgerConfig, UpstreamTls};
 use crate::ledger::spool::Spool;
 use crate::ledger::{BudgetSpec, ReservationId};
@@ -438,6 +439,33 @@ async fn refresh(inner: &Inner) {
         .await
     {
         *inner.narrowed.write() = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    }
+    if let Some(blocks) = inner.blocks.get()
+        && let Ok(rows) = inner
+            .query(
+                "blocks",
+                &format!(
+                    "SELECT tenant, llm, db, extract(epoch FROM since)::bigint FROM {s}.blocks"
+                ),
+                &[],
+            )
+            .await
+    {
+        blocks.replace_all(
+            rows.iter()
+                .map(|r| {
+                    let since: i64 = r.get(3);
+                    (
+                        r.get(0),
+                        Block {
+                            llm: r.get(1),
+                            db: r.get(2),
+                            since: u64::try_from(since).unwrap_or(0),
+                        },
+                    )
+                })
+                .collect(),
+        );
     }
 }
 
