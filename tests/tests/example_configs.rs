@@ -99,3 +99,83 @@ async fn check_config_refuses_a_copy_without_its_salt() -> Result<()> {
     );
     Ok(())
 }
+
+/// The `[table]` headers of a TOML text, written or commented out (`# [table]`), with the lines
+/// under each.
+fn example_sections(text: &str) -> Vec<(String, Vec<&str>)> {
+    let mut sections: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in text.lines() {
+        let bare = line.trim_start().trim_start_matches('#').trim();
+        let header = bare.starts_with('[')
+            && bare.ends_with(']')
+            && !bare.contains(' ')
+            && !bare.contains('=');
+        if header {
+            sections.push((bare.to_owned(), Vec::new()));
+        } else if let Some((_, lines)) = sections.last_mut() {
+            lines.push(line);
+        }
+    }
+    sections
+}
+
+/// Whether `header` (from the example) is the documented `table`, where `<name>` stands for
+/// any name.
+fn header_matches(table: &str, header: &str) -> bool {
+    match table.split_once("<name>") {
+        Some((before, after)) => {
+            header.len() > before.len() + after.len()
+                && header.starts_with(before)
+                && header.ends_with(after)
+        }
+        None => table == header,
+    }
+}
+
+/// `deploy/sentinel.example.toml` shows every option of the configuration reference (which is
+/// generated from the code), set or commented out, in its table.
+#[test]
+fn the_example_shows_every_option_of_the_reference() -> Result<()> {
+    let reference_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let reference = std::fs::read_to_string(&reference_path)?;
+    let example = std::fs::read_to_string(deploy_file("sentinel.example.toml"))?;
+    let sections = example_sections(&example);
+    let mut table = None;
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for line in reference.lines() {
+        if line.starts_with("## `[") || line.starts_with("### `[") {
+            table = line.split('`').nth(1).map(str::to_owned);
+            continue;
+        }
+        let (Some(table), Some(rest)) = (&table, line.strip_prefix("- **`")) else {
+            continue;
+        };
+        let Some(key) = rest.split('`').next() else {
+            continue;
+        };
+        checked += 1;
+        let shown = sections
+            .iter()
+            .filter(|(header, _)| header_matches(table, header))
+            .flat_map(|(_, lines)| lines.iter())
+            .any(|l| {
+                let bare = l.trim_start().trim_start_matches('#').trim_start();
+                bare.strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            });
+        if !shown {
+            missing.push(format!("{table} {key}"));
+        }
+    }
+    ensure!(
+        checked > 50,
+        "only {checked} options read from the reference"
+    );
+    ensure!(
+        missing.is_empty(),
+        "deploy/sentinel.example.toml does not show: {}",
+        missing.join(", ")
+    );
+    Ok(())
+}

@@ -123,25 +123,28 @@ impl Reloader {
             _ => None,
         };
         let auth = admin_auth(&new, &self.secrets).map_err(|e| format!("{e:#}"))?;
-        // Built and checked: now swap.
-        self.pg.reload(pg_live);
+        // The ledger next: revocations first (a key revoked in the file must not work a moment
+        // longer than needed), then budgets. If the ledger cannot take them, nothing is swapped.
         let mut budgets_updated = Vec::new();
-        if let (Some(egress), Some(live)) = (&self.egress, egress_live) {
-            egress.reload(live);
-            budgets_updated = sync_budgets(egress.ledger().as_ref(), &old, &new).await?;
+        if let (Some(egress), Some(_)) = (&self.egress, &egress_live) {
+            let ledger = egress.ledger();
             for key in new.llm.iter().flat_map(|l| &l.revoked_keys) {
                 let known = old
                     .llm
                     .as_ref()
                     .is_some_and(|l| l.revoked_keys.contains(key));
                 if !known {
-                    egress
-                        .ledger()
-                        .revoke_key(key)
-                        .await
-                        .map_err(|e| format!("revoking key {key}: {e}"))?;
+                    ledger.revoke_key(key).await.map_err(|e| {
+                        format!("revoking key {key}: {e}; nothing else was changed")
+                    })?;
                 }
             }
+            budgets_updated = sync_budgets(ledger.as_ref(), &old, &new).await?;
+        }
+        // Built, checked and written: the swaps cannot fail.
+        self.pg.reload(pg_live);
+        if let (Some(egress), Some(live)) = (&self.egress, egress_live) {
+            egress.reload(live);
         }
         self.metrics.llm_tenants.set_cap(new.admin.tenant_label_cap);
         self.auth.store(Arc::new(auth));
@@ -233,10 +236,12 @@ async fn sync_budgets(
             .get(tenant)
             .and_then(|t| BudgetSpec::from_config(t, "").ok());
         if before.as_ref() != Some(&spec) {
-            ledger
-                .set_budget(tenant, spec)
-                .await
-                .map_err(|e| format!("writing the budget of {tenant}: {e}"))?;
+            ledger.set_budget(tenant, spec).await.map_err(|e| {
+                format!(
+                    "writing the budget of {tenant}: {e}; the config was not swapped (budgets \
+                     written before this one stay written)"
+                )
+            })?;
             updated.push(tenant.clone());
         }
     }
