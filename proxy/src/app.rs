@@ -146,6 +146,7 @@ pub fn run(
         reloader: reloader.clone(),
         started: std::time::SystemTime::now(),
         draining: AtomicBool::new(false),
+        ready_cache: Default::default(),
     });
     pg.set_admin(&admin);
     let mut admin_service = Service::new("admin".to_owned(), AdminHttp::new(admin.clone()));

@@ -286,6 +286,18 @@ async fn json_api_needs_a_valid_token_and_names_bad_input() -> Result<()> {
         v["budgets"][0]["limit"] == 2_500_000,
         "a refused PUT changed the budget: {v}"
     );
+    // A model budget can be changed, not dropped.
+    let (s, _, v) =
+        put(r#"{"budget_usd": "2.50", "model_budgets_usd": {"mock-gpt": "0.50"}}"#).await?;
+    ensure!(
+        s == 200 && v["budgets"].as_array().is_some_and(|b| b.len() == 2),
+        "{s} {v}"
+    );
+    let (s, _, v) = put(r#"{"budget_usd": "2.50"}"#).await?;
+    ensure!(s == 400 && error_of(&v).contains("mock-gpt"), "{s} {v}");
+    let (s, _, v) =
+        put(r#"{"budget_usd": "2.50", "model_budgets_usd": {"mock-gpt": "0.75"}}"#).await?;
+    ensure!(s == 200, "{s} {v}");
 
     // Bad tenant ids, wrong methods, unknown paths.
     let (s, v) = admin.get("/v1/tenants/a%20b").await?;
@@ -417,18 +429,33 @@ async fn readiness_follows_the_upstream() -> Result<()> {
     let (s, _, v) = ready().await?;
     ensure!(s == 200 && v["checks"]["postgres"] == "ok", "{s} {v}");
     pg.stop().await?;
+    // Answers are cached for a second.
+    eventually(
+        Duration::from_secs(5),
+        async || Ok(ready().await?.0 == 503),
+        "readyz turns 503",
+    )
+    .await?;
     let (s, _, v) = ready().await?;
     ensure!(
         s == 503 && v["ready"] == false && v["reason"].as_str().unwrap_or("").contains("upstream"),
         "{s} {v}"
+    );
+    ensure!(
+        !v.to_string().contains(&pg.port().to_string()),
+        "the unauthenticated answer names the upstream address: {v}"
     );
     let (s, _, _) = admin
         .call(reqwest::Method::GET, "/healthz", None, None)
         .await?;
     ensure!(s == 200, "healthz follows the upstream: {s}");
     pg.start_again().await?;
-    let (s, _, v) = ready().await?;
-    ensure!(s == 200, "{s} {v}");
+    eventually(
+        Duration::from_secs(5),
+        async || Ok(ready().await?.0 == 200),
+        "readyz turns 200 again",
+    )
+    .await?;
     Ok(())
 }
 
@@ -1042,5 +1069,32 @@ async fn a_block_reaches_every_replica_sharing_the_postgres_ledger() -> Result<(
     )
     .await?;
     ensure!(chat(&setup_b).await? == 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_while_paused_lets_the_waiting_clients_go_and_exits() -> Result<()> {
+    let pg = shared_cluster().await?;
+    let mock = MockLlm::start().await;
+    let mut admin = start(pg, &mock, |c| c.shutdown_grace(Duration::from_secs(20))).await?;
+    let client = admin.app_client().await?;
+    client.simple_query("SELECT 1").await?;
+    ensure!(admin.console("PAUSE").await?.status.success());
+    let waiting = tokio::spawn(async move { client.simple_query("SELECT 2").await.err() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(!waiting.is_finished(), "a transaction ran while paused");
+    let signalled = std::time::Instant::now();
+    admin.sentinel.signal(libc::SIGTERM)?;
+    let err = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .context("a paused client held up the shutdown")??
+        .context("the paused statement ran during shutdown")?;
+    ensure!(sqlstate(&err) == "57P01", "{err:?}");
+    let status = admin.sentinel.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(
+        status.success() && signalled.elapsed() < Duration::from_secs(10),
+        "exit {status} after {:?} (grace 20 s)",
+        signalled.elapsed()
+    );
     Ok(())
 }

@@ -118,6 +118,27 @@ pub async fn set_budget(admin: &Admin, id: &str, body: &Bytes) -> Answer {
         Err(e) => return error(400, format!("{e:#}")),
     };
     let ledger = egress.ledger();
+    // A model budget once set is held in the ledger with its spend and holds: it can be changed,
+    // not dropped, here.
+    let current = match ledger.balance(id).await {
+        Ok(b) => b,
+        Err(e) => return ledger_error(e),
+    };
+    let dropped: Vec<&str> = current
+        .iter()
+        .filter_map(|b| b.model.as_deref())
+        .filter(|m| !spec.models.iter().any(|(model, _)| model == m))
+        .collect();
+    if !dropped.is_empty() {
+        return error(
+            400,
+            format!(
+                "model_budgets_usd must keep {} (a model budget can be changed, not removed, \
+                 through the API)",
+                dropped.join(", ")
+            ),
+        );
+    }
     if let Err(e) = ledger.set_budget(id, spec).await {
         return ledger_error(e);
     }
@@ -158,6 +179,7 @@ pub async fn block(admin: &Admin, id: &str, body: &Bytes) -> Answer {
     if let Some(egress) = &admin.egress
         && let Err(e) = egress.ledger().set_block(id, Some(&block)).await
     {
+        admin.blocks.pin(id);
         return error(
             503,
             format!("blocked on this replica only; the ledger could not share it: {e}"),
@@ -199,6 +221,9 @@ pub fn clients(admin: &Admin) -> Answer {
 pub async fn reload(admin: &Admin) -> Answer {
     match admin.reloader.reload().await {
         Ok(report) => (200, json!({ "reloaded": true, "report": report })),
-        Err(reason) => (400, json!({ "reloaded": false, "error": reason })),
+        Err(e) => (
+            if e.ledger { 503 } else { 400 },
+            json!({ "reloaded": false, "error": e.reason }),
+        ),
     }
 }

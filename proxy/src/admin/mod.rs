@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 pub use crate::blocks::{Block, Blocks};
 pub use http::AdminHttp;
-pub use reload::{ReloadReport, Reloader, SighupReload};
+pub use reload::{ReloadError, ReloadReport, Reloader, SighupReload};
 
 use crate::ledger::postgres::PgLedger;
 use crate::llm::EgressShared;
@@ -41,4 +41,5 @@ pub struct Admin {
     pub started: SystemTime,
     /// Set when graceful shutdown begins: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    pub ready_cache: ready::ReadyCache,
 }

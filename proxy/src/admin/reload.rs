@@ -30,6 +30,38 @@ pub struct ReloadReport {
     pub budgets_updated: Vec<String>,
 }
 
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, Clone)]
+pub struct ReloadError {
+    pub reason: String,
+    /// The ledger could not take the new budgets or revocations (try again once it answers).
+    pub ledger: bool,
+}
+
+impl ReloadError {
+    fn ledger(reason: String) -> ReloadError {
+        ReloadError {
+            reason,
+            ledger: true,
+        }
+    }
+}
+
+impl From<String> for ReloadError {
+    fn from(reason: String) -> ReloadError {
+        ReloadError {
+            reason,
+            ledger: false,
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 pub struct Reloader {
     path: PathBuf,
     /// The config the process started with: what restart-only settings still run on.
@@ -81,7 +113,7 @@ impl Reloader {
 
     /// Reads the file again and swaps it in, or refuses it with the reason and keeps the
     /// running config.
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let _one = self.running.lock().await;
         let result = self.try_reload().await;
         match &result {
@@ -101,7 +133,7 @@ impl Reloader {
         result
     }
 
-    async fn try_reload(&self) -> Result<ReloadReport, String> {
+    async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let new = Arc::new(Config::load(&self.path).map_err(|e| e.to_string())?);
         let old = self.config();
         self.secrets
@@ -135,11 +167,15 @@ impl Reloader {
                     .is_some_and(|l| l.revoked_keys.contains(key));
                 if !known {
                     ledger.revoke_key(key).await.map_err(|e| {
-                        format!("revoking key {key}: {e}; nothing else was changed")
+                        ReloadError::ledger(format!(
+                            "revoking key {key}: {e}; nothing else was changed"
+                        ))
                     })?;
                 }
             }
-            budgets_updated = sync_budgets(ledger.as_ref(), &old, &new).await?;
+            budgets_updated = sync_budgets(ledger.as_ref(), &old, &new)
+                .await
+                .map_err(ReloadError::ledger)?;
         }
         // Built, checked and written: the swaps cannot fail.
         self.pg.reload(pg_live);
@@ -181,7 +217,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let same =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
     let mut out = Vec::new();
-    let checks: [(&'static str, bool); 10] = [
+    let checks: [(&'static str, bool); 11] = [
         (
             "process.threads",
             old.process.threads == new.process.threads,
@@ -199,6 +235,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             same(&old.postgres.upstream, &new.postgres.upstream),
         ),
         ("postgres.tls", same(&old.postgres.tls, &new.postgres.tls)),
+        (
+            "postgres.server_connect_timeout",
+            old.postgres.server_connect_timeout == new.postgres.server_connect_timeout,
+        ),
         ("keys", same(&old.keys, &new.keys)),
         ("llm", old.llm.is_some() == new.llm.is_some()),
         (

@@ -10,10 +10,11 @@ use bytes::BytesMut;
 use rand::RngCore;
 use sentinel_wire::{FrontendMessage, TransactionStatus, encode};
 
+use super::PgShared;
 use super::clients::ClientInfo;
 use super::conn::Conn;
-use super::{PgLive, PgShared};
 use crate::admin::views;
+use pingora::server::ShutdownWatch;
 
 /// The console's database name.
 pub const DATABASE: &str = "sentinel";
@@ -22,8 +23,13 @@ const HELP: &str = "the console knows SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SH
                     SHOW TENANTS, SHOW VERSION, RELOAD, PAUSE and RESUME";
 
 /// Runs a console session until the client leaves.
-pub async fn serve(shared: Arc<PgShared>, mut conn: Conn, live: &PgLive, info: &ClientInfo) {
-    let _ = live;
+pub async fn serve(
+    shared: Arc<PgShared>,
+    mut conn: Conn,
+    user: &str,
+    info: &ClientInfo,
+    mut shutdown: ShutdownWatch,
+) {
     tracing::info!("admin console opened");
     let mut out = BytesMut::new();
     for (name, value) in [
@@ -48,10 +54,36 @@ pub async fn serve(shared: Arc<PgShared>, mut conn: Conn, live: &PgLive, info: &
     // After an error in an extended batch, messages up to Sync are skipped, as Postgres does.
     let mut skipping = false;
     loop {
-        let frame = match conn.read_frame().await {
-            Ok(f) => f,
-            Err(_) => return,
+        let frame = tokio::select! {
+            frame = conn.read_frame() => match frame {
+                Ok(f) => f,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => {
+                encode::error_response(&mut conn.wbuf, "FATAL", "57P01", "Sentinel is shutting down", None);
+                conn.shutdown().await;
+                return;
+            }
         };
+        // A reload may have taken the user off the list: its open session ends too.
+        if !shared
+            .live()
+            .config
+            .admin
+            .console_users
+            .iter()
+            .any(|u| u == user)
+        {
+            encode::error_response(
+                &mut conn.wbuf,
+                "FATAL",
+                "42501",
+                "no longer a console user ([admin] console_users)",
+                None,
+            );
+            conn.shutdown().await;
+            return;
+        }
         let msg = match FrontendMessage::parse(&frame) {
             Ok(m) => m,
             Err(e) => {

@@ -1,15 +1,20 @@
 //! PAUSE / RESUME from the console: while paused, a client that needs a server connection (a
 //! new transaction) waits; transactions already running go on. Clients stay connected.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::watch;
 
 pub struct Pause {
+    /// Read on every checkout: one atomic load, not the watch's lock.
+    flag: AtomicBool,
     paused: watch::Sender<bool>,
 }
 
 impl Default for Pause {
     fn default() -> Self {
         Pause {
+            flag: AtomicBool::new(false),
             paused: watch::Sender::new(false),
         }
     }
@@ -17,11 +22,12 @@ impl Default for Pause {
 
 impl Pause {
     pub fn set(&self, paused: bool) {
+        self.flag.store(paused, Ordering::Release);
         self.paused.send_replace(paused);
     }
 
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Returns at once unless paused; otherwise when resumed.

@@ -142,7 +142,7 @@ impl PgService {
         if login.database == console::DATABASE
             && live.config.admin.console_users.contains(&login.user)
         {
-            console::serve(shared.clone(), login.conn, &live, &info).await;
+            console::serve(shared.clone(), login.conn, &login.user, &info, shutdown).await;
             return;
         }
         let user = live.users.get(&login.user);

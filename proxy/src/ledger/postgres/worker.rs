@@ -441,6 +441,7 @@ async fn refresh(inner: &Inner) {
         *inner.narrowed.write() = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     }
     if let Some(blocks) = inner.blocks.get()
+        && let generation = blocks.generation()
         && let Ok(rows) = inner
             .query(
                 "blocks",
@@ -452,6 +453,7 @@ async fn refresh(inner: &Inner) {
             .await
     {
         blocks.replace_all(
+            generation,
             rows.iter()
                 .map(|r| {
                     let since: i64 = r.get(3);

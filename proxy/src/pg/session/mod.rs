@@ -1335,7 +1335,12 @@ impl Session {
         }
         if self.shared.pause.is_paused() {
             self.info.set_state(ClientState::Waiting);
-            self.shared.pause.wait().await;
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = self.shared.pause.wait() => {}
+                // A paused client must not hold up a shutdown.
+                _ = shutdown.changed() => return Err(PgError::ShuttingDown),
+            }
         }
         self.info.set_state(ClientState::Waiting);
         let asked = Instant::now();
@@ -1486,6 +1491,10 @@ impl Session {
                 .transactions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics.transaction_duration.observe(now - started);
+        }
+        if more && self.tx_started.is_none() {
+            // The next pipelined request starts the next transaction.
+            self.tx_started = Some(now);
         }
     }
 

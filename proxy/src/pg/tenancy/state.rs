@@ -98,6 +98,7 @@ impl TenantState {
     }
 
     fn plan_query(&mut self, sql: &str) -> Result<QueryPlan, Refused> {
+        self.statement_tenant = None;
         // A simple Query drops the unnamed statement and portal.
         self.unnamed_local = None;
         self.unnamed_checked = None;
@@ -308,6 +309,7 @@ impl TenantState {
     /// nothing). A statement Sentinel holds no check for (a name it never saw parsed, an SQL
     /// `PREPARE`d one) is taken to need the tenant.
     pub fn on_bind(&mut self, statement: &str) -> Result<BindPlan, Refused> {
+        self.statement_tenant = None;
         self.unchanged_if_refused(|state| state.plan_bind(statement))
     }
 
