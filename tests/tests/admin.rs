@@ -146,6 +146,16 @@ impl Admin {
             .await?)
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?;
+        Ok(resp.text().await?)
+    }
+
     async fn console(&self, sql: &str) -> Result<std::process::Output> {
         psql(
             self.sentinel.port(),
@@ -404,13 +414,7 @@ async fn the_kill_switch_refuses_llm_calls_and_optionally_db_statements() -> Res
         .simple_query("/*tenant='acme'*/ SELECT count(*) FROM marker")
         .await
         .context("unblock did not lift the database block")?;
-    let metrics = admin
-        .http
-        .get(format!("{}/metrics", admin.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = admin.metrics().await?;
     ensure!(
         metrics.contains("sentinel_blocked_total{service=\"llm\"} 1")
             && metrics.contains("sentinel_blocked_total{service=\"db\"} 1"),
@@ -746,13 +750,7 @@ async fn reload_applies_a_valid_change_and_refuses_an_invalid_one() -> Result<()
         out.status.success() && String::from_utf8_lossy(&out.stderr).contains("postgres.listen"),
         "{out:?}"
     );
-    let metrics = admin
-        .http
-        .get(format!("{}/metrics", admin.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = admin.metrics().await?;
     ensure!(
         metrics.contains("sentinel_config_reloads_total{result=\"ok\"} 2")
             && metrics.contains("sentinel_config_reloads_total{result=\"error\"} 3"),
