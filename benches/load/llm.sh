@@ -218,6 +218,7 @@ salt_line="$(grep -m1 '^salt = ' <<<"$keys_out")" || true
 pg_port="$(free_port)"
 pg_upstream_port="$(free_port)" # nobody listens there: the Postgres side is not used
 llm_port="$(free_port)"
+admin_port="$(free_port)"
 # The in-memory ledger: the figures leave out the ledger's round trip, as the design's goal does.
 # Builds from before [ledger] existed use it without being asked (and refuse the section).
 ledger_section='[ledger]
@@ -242,6 +243,9 @@ tls = "disable"
 [[postgres.users]]
 name = "bench"
 auth = "trust"
+
+[admin]
+listen = "127.0.0.1:$admin_port"
 
 [llm]
 listen = "127.0.0.1:$llm_port"

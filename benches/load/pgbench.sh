@@ -212,6 +212,7 @@ psql_admin -d bench -c "VACUUM ANALYZE" >/dev/null
 # --- Sentinel -----------------------------------------------------------------------------------
 
 sentinel_port="$(free_port)"
+admin_port="$(free_port)"
 # Builds with [keys] need a salt in the config and a master keyring in SENTINEL_MASTER_KEY: a
 # throwaway pair per run, made by `sentinel keys new` (never printed; nothing here is sealed).
 keys_section=""
@@ -249,11 +250,16 @@ auth = "trust"
 
 [tenancy]
 enabled = false
+
+[admin]
+listen = "127.0.0.1:$admin_port"
 EOF
-# The enforcing one: the same, on another port, with tenancy on (pgbench's tables are tenant
+# The enforcing one: the same, on other ports, with tenancy on (pgbench's tables are tenant
 # tables to it: every select needs its tag).
 tenancy_port="$(free_port)"
+tenancy_admin_port="$(free_port)"
 sed -e "s/127.0.0.1:$sentinel_port/127.0.0.1:$tenancy_port/" \
+    -e "s/127.0.0.1:$admin_port/127.0.0.1:$tenancy_admin_port/" \
     -e 's/^enabled = false$/enabled = true\nsources = ["comment"]/' \
     "$tmp/sentinel.toml" >"$tmp/sentinel-tenancy.toml"
 start_sentinel() { # config log; the pid is in $! afterwards
