@@ -6,14 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sentinel_policy::keys::verify_admin_token;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
 
 use crate::secrets::Secrets;
 
 /// What a reload rebuilds for checking tokens.
 pub struct AdminAuth {
-    /// `[admin] tokens_sealed`, opened.
-    pub tokens: Vec<Zeroizing<String>>,
+    /// SHA-256 digests of `[admin] tokens_sealed`, opened (the tokens themselves are not kept).
+    pub token_digests: Vec<[u8; 32]>,
     pub revoked_names: Vec<String>,
 }
 
@@ -33,8 +32,8 @@ impl AdminAuth {
         // Digests are compared, every one of them, so the time taken says neither which token
         // matched nor how long they are.
         let digest = Sha256::digest(token.as_bytes());
-        let matched = self.tokens.iter().fold(0u8, |found, t| {
-            found | Sha256::digest(t.as_bytes()).ct_eq(&digest).unwrap_u8()
+        let matched = self.token_digests.iter().fold(0u8, |found, t| {
+            found | t.ct_eq(digest.as_slice()).unwrap_u8()
         });
         if matched == 1 {
             return Ok("static".to_owned());

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
-use zeroize::Zeroizing;
+use sha2::{Digest, Sha256};
 
 use super::auth::AdminAuth;
 use crate::config::{ADMIN_TOKEN_CONTEXT, Config};
@@ -194,7 +194,7 @@ impl Reloader {
 
 /// Opens `[admin] tokens_sealed`.
 fn admin_auth(config: &Config, secrets: &Secrets) -> anyhow::Result<AdminAuth> {
-    let tokens = config
+    let token_digests = config
         .admin
         .tokens_sealed
         .iter()
@@ -202,12 +202,12 @@ fn admin_auth(config: &Config, secrets: &Secrets) -> anyhow::Result<AdminAuth> {
         .map(|(i, t)| {
             secrets
                 .open_text(t, ADMIN_TOKEN_CONTEXT)
-                .map(|t| Zeroizing::new(t.to_string()))
+                .map(|t| Sha256::digest(t.as_bytes()).into())
                 .map_err(|e| anyhow::anyhow!("admin.tokens_sealed[{i}]: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(AdminAuth {
-        tokens,
+        token_digests,
         revoked_names: config.admin.revoked_names.clone(),
     })
 }

@@ -376,9 +376,10 @@ impl Call<'_> {
             api == Api::ChatCompletions && info.stream && info.include_usage != Some(true);
         let body = with_usage_requested(info).map_or(body, Bytes::from);
         let headers = session.req_header().headers.clone();
-        let added = self.started.elapsed();
-        self.shared.stats.added_latency(added);
-        self.shared.metrics.llm_added_latency.observe(added);
+        self.shared
+            .metrics
+            .llm_added_latency
+            .observe(self.started.elapsed());
         let first_byte = llm.first_byte_timeout.min(remaining(deadline));
         let sent = upstream
             .send(path, query, &headers, body, llm.connect_retries, first_byte)

@@ -20,9 +20,6 @@ pub struct EgressStats {
     pub reserved_micros: AtomicU64,
     /// Reservations granted.
     pub reservations: AtomicU64,
-    /// Time Sentinel spent before the request left for the provider, summed, and its count.
-    pub added_micros_sum: AtomicU64,
-    pub added_count: AtomicU64,
 }
 
 impl EgressStats {
@@ -45,11 +42,5 @@ impl EgressStats {
         self.output_tokens
             .fetch_add(usage.output, Ordering::Relaxed);
         self.charged_micros.fetch_add(cost.0, Ordering::Relaxed);
-    }
-
-    pub fn added_latency(&self, d: std::time::Duration) {
-        self.added_micros_sum
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.added_count.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -2,7 +2,7 @@
 //! from values read at scrape time.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -112,26 +112,8 @@ impl Collector for Families {
             let mut metric =
                 encoder.encode_descriptor(family.name, family.help, family.unit.as_ref(), kind)?;
             match &family.values {
-                Values::Counter(values) => match values.as_slice() {
-                    [(labels, value)] if labels.is_empty() => {
-                        ConstCounter::new(*value).encode(metric)?;
-                    }
-                    _ => {
-                        for (labels, value) in values {
-                            ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
-                        }
-                    }
-                },
-                Values::Gauge(values) => match values.as_slice() {
-                    [(labels, value)] if labels.is_empty() => {
-                        ConstGauge::new(*value).encode(metric)?;
-                    }
-                    _ => {
-                        for (labels, value) in values {
-                            ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
-                        }
-                    }
-                },
+                Values::Counter(values) => encode_each(metric, values, ConstCounter::new)?,
+                Values::Gauge(values) => encode_each(metric, values, ConstGauge::new)?,
                 Values::Histogram((sum, count, buckets)) => {
                     metric.encode_histogram::<NoLabels>(*sum, *count, buckets, None)?;
                 }
@@ -142,6 +124,23 @@ impl Collector for Families {
 }
 
 type NoLabels = prometheus_client::encoding::NoLabelSet;
+
+/// One sample without labels, or one per label set.
+fn encode_each<V: Copy, M: EncodeMetric>(
+    mut metric: MetricEncoder<'_>,
+    values: &[(Labels, V)],
+    make: impl Fn(V) -> M,
+) -> Result<(), std::fmt::Error> {
+    match values {
+        [(labels, value)] if labels.is_empty() => make(*value).encode(metric),
+        _ => {
+            for (labels, value) in values {
+                make(*value).encode(metric.encode_family(labels)?)?;
+            }
+            Ok(())
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

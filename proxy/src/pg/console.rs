@@ -331,8 +331,7 @@ fn show(shared: &PgShared, what: &str, out: &mut BytesMut) -> Result<(), (&'stat
             );
         }
         "TENANTS" => {
-            let admin = shared.admin();
-            let blocks = admin.as_ref().map(|a| a.blocks.all()).unwrap_or_default();
+            let blocks = shared.blocks.all();
             let mut tenants: std::collections::BTreeMap<String, (u64, u64)> = shared
                 .metrics
                 .llm_tenants

@@ -374,7 +374,8 @@ impl Session {
 
     async fn on_client_frame(&mut self, frame: Frame) -> PgResult<Flow> {
         use tag::frontend as f;
-        let received = Instant::now();
+        // Statements are timed for the added-latency histogram; other frames are not.
+        let received = matches!(frame.tag, f::QUERY | f::EXECUTE).then(Instant::now);
         if self.discarding {
             if frame.tag == f::SYNC {
                 self.discarding = false;
@@ -500,11 +501,7 @@ impl Session {
             }
             _ => {}
         }
-        let statement = matches!(
-            msg,
-            FrontendMessage::Query { .. } | FrontendMessage::Execute { .. }
-        );
-        let checks_done = Instant::now();
+        let checks_done = received.map(|received| (received, Instant::now()));
         if let Err(e) = self.ensure_server().await {
             if matches!(e, PgError::ShuttingDown) {
                 return Err(e);
@@ -525,9 +522,9 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
-        let server_ready = Instant::now();
+        let server_ready = checks_done.map(|_| Instant::now());
         self.forward(&frame, msg);
-        if statement {
+        if let (Some((received, checks_done)), Some(server_ready)) = (checks_done, server_ready) {
             let metrics = &self.shared.metrics.pg;
             metrics
                 .queries
